@@ -28,7 +28,7 @@ clean-nbs: install  ## strip outputs and metadata noise from the notebooks
 
 test: install  ## export the package, run every notebook, then pytest
 	$(BIN)/nbdev-export
-	$(BIN)/nbdev-test --n_workers 2
+	$(BIN)/nbdev-test --n-workers 2
 	$(BIN)/python -m pytest tests/ -q
 
 lab: install  ## JupyterLab on this repo with the venv's kernel

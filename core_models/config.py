@@ -136,6 +136,8 @@ class ComponentConfig:
         if isinstance(config, cls) and not overrides: return config
         try: shared = config_as_dict(config)
         except TypeError as e: raise ConfigError(name, 'config', 'a mapping, a dataclass or an attribute namespace', config) from None
+        alias_of = {a: k for k, f in fs.items() for a in f.metadata.get('aliases', ())}
+        overrides = {alias_of.get(k, k) if k not in fs else k: v for k, v in overrides.items()}
         for k, v in overrides.items():
             if k not in fs:
                 close = difflib.get_close_matches(k, fs, n=3)
