@@ -10,20 +10,23 @@ STAMP := $(VENV)/.installed
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
 
-# The stamp is newer than pyproject.toml once the venv holds what it asks for: a second
-# `make install` with nothing changed does nothing.
-$(STAMP): pyproject.toml
-	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade "pip>=24"
-	$(PY) -m pip install --quiet -e ".[dev]"
-	@touch $(STAMP)
-
-install: $(STAMP)  ## create or update .venv from pyproject.toml (pip, editable, with the dev extra)
+# nbdev-export rewrites pyproject.toml (same content, new mtime), so the stamp records the file's hash
+# rather than relying on timestamps: a second `make install` with nothing changed does nothing.
+install:  ## create or update .venv from pyproject.toml (pip, editable, with the dev extra)
+	@hash=$$(sha256sum pyproject.toml | cut -d' ' -f1); \
+	if [ -x $(PY) ] && [ "$$(cat $(STAMP) 2>/dev/null)" = "$$hash" ]; then \
+	  echo "make install: .venv is up to date with pyproject.toml"; \
+	else \
+	  set -e; test -x $(PY) || python3 -m venv $(VENV); \
+	  $(PY) -m pip install --quiet --upgrade "pip>=24"; \
+	  $(PY) -m pip install --quiet -e ".[dev]"; \
+	  echo "$$hash" > $(STAMP); \
+	fi
 
 export: install  ## regenerate core_models/ from the notebooks
 	$(BIN)/nbdev-export
 
-clean-nbs: install  ## strip outputs and metadata noise from the notebooks
+clean-nbs: install  ## strip metadata noise (execution counts, kernel info) from the notebooks
 	$(BIN)/nbdev-clean
 
 test: install  ## export the package, run every notebook, then pytest
