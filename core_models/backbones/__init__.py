@@ -4,3 +4,4 @@ Hand-written re-exports; each submodule is generated from its notebook under `nb
 Importing this package registers every family with `create_backbone`."""
 
 from .base import *
+from .resnet import *

@@ -46,6 +46,7 @@ class BackboneConfig(ComponentConfig):
     out_indices: tuple[int, ...] | None = config_field(None, doc='levels returned with features_only (None: all)')
     drop_rate: float = config_field(0.0, doc='dropout before the classifier', ge=0, lt=1)
     drop_path_rate: float = config_field(0.0, doc='stochastic depth rate of the last block', ge=0, lt=1)
+    img_size: int | tuple[int, int] | None = config_field(None, doc='input size the model is built for (convnets take any size)')
 
 class Backbone(Configurable, nn.Module):
     "Base of every backbone family: features, head, classifier reset and the `default_cfg`."
@@ -84,7 +85,7 @@ class Backbone(Configurable, nn.Module):
         return tuple(range(n)) if idx is None else tuple(i % n for i in idx)
 
     def init_head(self):
-        "Make `head_drop` and the classifier (named by `default_cfg['classifier']`) from the config; call at the end of `__init__`."
+        "Make `head_drop` and the classifier (named by `default_cfg['classifier']`) from the config; call once the body is built, before weight init."
         n = len(self.feature_info)
         if any(not -n <= i < n for i in (self.config.out_indices or ())):
             raise ConfigError(type(self).__name__, 'out_indices', f'indices of the {n} levels (-{n} to {n-1})', self.config.out_indices)
