@@ -5,3 +5,4 @@ Importing this package registers every family with `create_backbone`."""
 
 from .base import *
 from .resnet import *
+from .vit import *

@@ -190,12 +190,12 @@ def get_backbone_entry(name:str) -> BackboneEntry:
 @register_backbone(aliases=('cnn',))
 def simple_cnn(**kwargs):
     "SimpleCNN with three stages of one ConvBlock (32, 64, 128 channels)."
-    return SimpleCNN(kwargs)
+    return SimpleCNN(**kwargs)
 
 @register_backbone
 def simple_cnn_deep(**kwargs):
     "SimpleCNN with three stages of two ConvBlocks (32, 64, 128 channels)."
-    return SimpleCNN({'depths': (2, 2, 2), **kwargs})
+    return SimpleCNN(**{"depths": (2, 2, 2), **kwargs})
 
 # %% ../../nbs/backbones/00_base.ipynb #95238828
 class WeightsError(ValueError):
