@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lab export clean-nbs help
+.PHONY: install test lab export clean-nbs help bench
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -36,3 +36,6 @@ test: install  ## export the package, run every notebook, then pytest
 
 lab: install  ## JupyterLab on this repo with the venv's kernel
 	$(BIN)/jupyter lab --notebook-dir=.
+
+bench: install  ## throughput of our backbones vs torchvision's (CPU, batch 8 at 224 px; not a test)
+	$(BIN)/python benchmarks/backbones.py

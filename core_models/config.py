@@ -89,8 +89,11 @@ def check_type(value, tp):
 
 # %% ../nbs/01_config.ipynb #aa3ef719
 def _component_name(cls) -> str:
+    "`ConvBlock` for `ConvBlock.Config`, `ResNet` for `ResNetConfig`."
     q = cls.__qualname__
-    return q[:-len('.Config')] if q.endswith('.Config') else q
+    for suffix in ('.Config', 'Config'):
+        if q.endswith(suffix) and len(q) > len(suffix): return q[:-len(suffix)]
+    return q
 
 def config_as_dict(config) -> dict:
     "The fields of a shared config given as a mapping, a dataclass or an attribute namespace."

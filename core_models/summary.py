@@ -70,7 +70,7 @@ def _fmt_shape(s) -> str:
     if isinstance(s, tuple): return '[' + ', '.join(map(str, s)) + ']'
     if isinstance(s, list): return ', '.join(_fmt_shape(x) for x in s)
     if isinstance(s, dict): return ', '.join(f'{k}: {_fmt_shape(v)}' for k, v in s.items())
-    return '' if s is None else str(s)
+    return str(s)
 
 def _fmt_flops(n:int) -> str:
     for unit, scale in (('G', 1e9), ('M', 1e6), ('K', 1e3)):
@@ -91,7 +91,7 @@ class ModelSummary:
     flops_by_op: dict[str, int] = field(default_factory=dict)
 
     def _cells(self):
-        return [('  ' * (r.depth - 1) + f'{r.name} ({r.type})', _fmt_shape(r.output_shape), f'{r.params:,}',
+        return [('  ' * (r.depth - 1) + f'{r.name.rpartition(".")[2]} ({r.type})', _fmt_shape(r.output_shape), f'{r.params:,}',
                  _fmt_flops(r.flops)) for r in self.rows]
 
     def _footer(self):
@@ -113,7 +113,7 @@ class ModelSummary:
     def _repr_html_(self):
         e = html.escape
         rows = ''.join(f'<tr><td style="text-align:left;padding-left:{0.5 + 1.2 * (r.depth - 1):.1f}em">'
-                       f'<code>{e(r.name)}</code> ({e(r.type)})</td><td style="text-align:left">{e(s)}</td>'
+                       f'<code title="{e(r.name)}">{e(r.name.rpartition(".")[2])}</code> ({e(r.type)})</td><td style="text-align:left">{e(s)}</td>'
                        f'<td style="text-align:right">{p}</td><td style="text-align:right">{fl}</td></tr>'
                        for r, (_, s, p, fl) in zip(self.rows, self._cells()))
         foot = ''.join(f'<tr><th style="text-align:left">{k}</th><td colspan="3" style="text-align:left">{e(v)}</td></tr>'

@@ -6,3 +6,4 @@ Importing this package registers every family with `create_backbone`."""
 from .base import *
 from .resnet import *
 from .vit import *
+from .efficient import *

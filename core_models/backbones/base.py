@@ -13,6 +13,7 @@ from typing import Any, Callable, Literal
 import torch, torch.nn as nn, torch.nn.functional as F
 from ..config import Configurable, ComponentConfig, config_field, ConfigError, check_shape
 from ..blocks.conv import ConvBlock
+from ..summary import summary, ModelSummary
 
 # %% auto #0
 __all__ = ['FeatureInfo', 'BackboneConfig', 'Backbone', 'SimpleCNNConfig', 'SimpleCNN', 'BackboneEntry', 'register_backbone',
@@ -111,6 +112,10 @@ class Backbone(Configurable, nn.Module):
         "Map a foreign (e.g. torchvision) state_dict to this model's keys; families override this."
         return state_dict
 
+    def summary(self, input_size=None, **kwargs) -> ModelSummary:
+        "Layer table (output shapes, parameters, FLOPs) for a batch of `input_size` (default: one image of `default_cfg['input_size']`)."
+        return summary(self, input_size, **kwargs)
+
 # %% ../../nbs/backbones/00_base.ipynb #029ef047
 @dataclass
 class SimpleCNNConfig(BackboneConfig):
@@ -147,7 +152,7 @@ class SimpleCNN(Backbone):
             x = stage(x); out.append(x)
         return out
 
-# %% ../../nbs/backbones/00_base.ipynb #7a1def00
+# %% ../../nbs/backbones/00_base.ipynb #7a279182
 @dataclass
 class BackboneEntry:
     "A registered backbone: its name, builder, family, aliases and torchvision twin."
@@ -186,7 +191,7 @@ def get_backbone_entry(name:str) -> BackboneEntry:
         raise KeyError(f'unknown backbone {name!r}{hint}')
     return _BACKBONES[key]
 
-# %% ../../nbs/backbones/00_base.ipynb #25c5c73f
+# %% ../../nbs/backbones/00_base.ipynb #054eec77
 @register_backbone(aliases=('cnn',))
 def simple_cnn(**kwargs):
     "SimpleCNN with three stages of one ConvBlock (32, 64, 128 channels)."
@@ -197,7 +202,7 @@ def simple_cnn_deep(**kwargs):
     "SimpleCNN with three stages of two ConvBlocks (32, 64, 128 channels)."
     return SimpleCNN(**{"depths": (2, 2, 2), **kwargs})
 
-# %% ../../nbs/backbones/00_base.ipynb #95238828
+# %% ../../nbs/backbones/00_base.ipynb #d06cfb58
 class WeightsError(ValueError):
     "Weights could not be found, read or matched to the model."
 
@@ -227,7 +232,7 @@ def read_state_dict(weights, *, torchvision_name:str|None=None) -> dict:
     if not isinstance(sd, dict): raise WeightsError(f'{str(p)!r} holds a {type(sd).__name__}, not a state_dict')
     return sd
 
-# %% ../../nbs/backbones/00_base.ipynb #d06cfb58
+# %% ../../nbs/backbones/00_base.ipynb #3fb571b5
 def adapt_input_conv(weight:torch.Tensor, in_chans:int) -> torch.Tensor:
     "Stem conv `weight` (out, 3, kh, kw) adapted to `in_chans` input channels."
     c = weight.shape[1]
@@ -236,7 +241,7 @@ def adapt_input_conv(weight:torch.Tensor, in_chans:int) -> torch.Tensor:
     reps = math.ceil(in_chans / c)
     return weight.repeat(1, reps, 1, 1)[:, :in_chans] * (c / in_chans)
 
-# %% ../../nbs/backbones/00_base.ipynb #3fb571b5
+# %% ../../nbs/backbones/00_base.ipynb #8da19a09
 def load_weights(model:Backbone, weights, *, torchvision_name:str|None=None, strict:bool=True):
     "Load `weights` (see `read_state_dict`) into `model`, mapping keys, adapting the stem and dropping a mismatched classifier."
     sd = model.convert_state_dict(read_state_dict(weights, torchvision_name=torchvision_name))
@@ -256,7 +261,7 @@ def load_weights(model:Backbone, weights, *, torchvision_name:str|None=None, str
                            f'{"..." if len(missing) > 5 else ""}, unexpected {bad[:5]}{"..." if len(bad) > 5 else ""}')
     return model
 
-# %% ../../nbs/backbones/00_base.ipynb #8da19a09
+# %% ../../nbs/backbones/00_base.ipynb #70aae193
 def create_backbone(name:str, *, num_classes:int=0, in_chans:int=3, features_only:bool=False, out_indices=None,
                     weights=None, img_size=None, **overrides) -> Backbone:
     "Build the registered backbone `name` (or alias), optionally loading `weights`."
