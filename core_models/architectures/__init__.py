@@ -1,0 +1,8 @@
+"""Architectures: `BaseArchitecture` (`base`), `CNNArchitecture` (`cnn`), `TransformerArchitecture` (`transformer`),
+`DetectionArchitecture` (`detection`) and `SegmentationArchitecture` (`segmentation`).
+
+Hand-written re-exports; each submodule is generated from its notebook under `nbs/architectures/`."""
+
+from .base import *
+from .cnn import *
+from .transformer import *
