@@ -37,5 +37,6 @@ test: install  ## export the package, run every notebook, then pytest
 lab: install  ## JupyterLab on this repo with the venv's kernel
 	$(BIN)/jupyter lab --notebook-dir=.
 
-bench: install  ## throughput of our backbones vs torchvision's (CPU, batch 8 at 224 px; not a test)
+bench: install  ## not tests: backbone throughput vs torchvision, then proof of learning on digits and shapes
 	$(BIN)/python benchmarks/backbones.py
+	$(BIN)/python benchmarks/learning.py

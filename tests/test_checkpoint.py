@@ -387,3 +387,17 @@ def test_manager_resume_checks_the_config(tmp_path):
     mgr.save(net, opt, 1, {'val_loss': 1.0}, config={'lr': 0.1})
     assert mgr.resume(nn.Linear(3, 3), config={'lr': 0.1}).epoch == 1
     with pytest.raises(CheckpointError, match='was trained with config'): mgr.resume(nn.Linear(3, 3), config={'lr': 0.2})
+
+
+def test_load_into_a_model_with_lazy_layers(tmp_path):
+    "The seed's CustomModel has a head that learns its width from the first batch: a fresh one loads a checkpoint."
+    from core_models.versioning.checkpoint import save_checkpoint, load_checkpoint
+    from core_models.heads import ClassificationHead
+    make = lambda: nn.Sequential(nn.Conv2d(3, 8, 3), ClassificationHead(num_classes=4))
+    trained = make()
+    x = torch.randn(2, 3, 8, 8)
+    trained(x)  # materialise the lazy classifier
+    save_checkpoint(trained, None, 1, {}, tmp_path/'ckpt')
+    fresh = make()
+    load_checkpoint(tmp_path/'ckpt', fresh)
+    assert torch.equal(fresh(x), trained(x))

@@ -4,3 +4,4 @@ Hand-written re-exports; each submodule is generated from its notebook under `nb
 
 from .checkpoint import (save_checkpoint, load_checkpoint, verify_checkpoint, Checkpoint, CheckpointError,
                          CheckpointManager, config_hash)
+from .registry import ModelRegistry, ModelVersion, RegistryError, register_model, allow_module

@@ -317,7 +317,8 @@ def _missing_keys(model:nn.Module, sd:dict) -> list[str]:
     "The model's state_dict keys absent from `sd`, counting a name as present when a tensor it is tied to is."
     own, groups = model.state_dict(), {}
     for k, v in own.items():
-        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.stride()) if v.device.type != 'meta' else k
+        lazy = v.device.type == 'meta' or nn.parameter.is_lazy(v)  # no storage yet: a lazy layer before its first batch
+        key = k if lazy else (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.stride())
         groups.setdefault(key, []).append(k)
     return [k for g in groups.values() if not any(n in sd for n in g) for k in g]
 
@@ -346,7 +347,7 @@ def load_checkpoint(path:Path|str, model:nn.Module|None=None, optimizer=None, sc
         if strict and (missing or unexpected):
             raise CheckpointError(f'{str(d/WEIGHTS_NAME)!r} does not match {type(model).__name__}: missing {missing[:5]}'
                                   f'{"..." if len(missing) > 5 else ""}, unexpected {unexpected[:5]}{"..." if len(unexpected) > 5 else ""}')
-        bad = [f'{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}' for k, v in sd.items() if k in own and v.shape != own[k].shape]
+        bad = [f'{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}' for k, v in sd.items() if k in own and not nn.parameter.is_lazy(own[k]) and v.shape != own[k].shape]
         if bad: raise CheckpointError(f'{str(d/WEIGHTS_NAME)!r}: shapes differ from {type(model).__name__}: {bad[:3]}')
         model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
     if need_state:
