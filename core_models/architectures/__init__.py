@@ -6,3 +6,5 @@ Hand-written re-exports; each submodule is generated from its notebook under `nb
 from .base import *
 from .cnn import *
 from .transformer import *
+from .detection import *
+from .segmentation import *

@@ -13,7 +13,7 @@ from ..heads.classifier import ClassificationHead
 __all__ = ['CNNArchitecture']
 
 # %% ../../nbs/architectures/01_cnn.ipynb #62fcd6f2
-@register_architecture(name='cnn', aliases=('CNNArchitecture', 'classifier'))
+@register_architecture(name='cnn', aliases=('CNNArchitecture',))
 class CNNArchitecture(BaseArchitecture):
     "Backbone + classification head (`head` defaults to `'classifier'`, reading `num_classes` from the config)."
     default_head = 'classifier'

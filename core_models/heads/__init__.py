@@ -5,3 +5,4 @@ Hand-written re-exports; each submodule is generated from its notebook under `nb
 from .base import *
 from .classifier import *
 from .detector import *
+from .segmenter import *
