@@ -1,0 +1,166 @@
+"""The user's own document (the seed README) shows these examples; they run as written, with `core.models`
+spelled `core_models`. Each block runs in a fresh interpreter in an empty folder (no settings.ini, no git), with
+only the names the document leaves undefined (imports of torch, a config, an optimizer) given in a preamble."""
+import textwrap
+import pytest
+
+PREAMBLE = '''
+import torch, torch.nn as nn
+config = model_config = dict(in_channels=3, out_channels=32, num_heads=4, num_classes=10)
+'''
+
+CUSTOM_MODEL = '''
+from core_models.architectures import BaseArchitecture
+from core_models.blocks import ConvBlock, AttentionBlock
+from core_models.heads import ClassificationHead
+
+class CustomModel(BaseArchitecture):
+    def __init__(self, config):
+        super().__init__()
+        self.backbone = self.build_backbone(config)
+        self.head = ClassificationHead(config)
+
+    def build_backbone(self, config):
+        return nn.Sequential(
+            ConvBlock(config),
+            AttentionBlock(config)
+        )
+
+    def forward(self, x):
+        features = self.backbone(x)
+        return self.head(features)
+'''
+
+REGISTRY = '''
+from core_models.versioning import ModelRegistry
+from core_models.versioning.checkpoint import save_checkpoint
+
+# Register model version
+registry = ModelRegistry()
+registry.register(
+    name="custom_model",
+    version="1.0.0",
+    model=CustomModel,
+    config=model_config
+)
+
+# Save checkpoint with versioning
+save_checkpoint(
+    model,
+    optimizer,
+    epoch,
+    metrics,
+    path="checkpoints/v1.0.0/"
+)
+
+# Load specific version
+model = registry.load("custom_model", version="1.0.0")
+'''
+
+CREATE_MODEL = '''
+from core_models import create_model
+from core_models.blocks import create_backbone
+from core_models.versioning import register_model
+
+# Create new model
+model = create_model(
+    architecture="custom",
+    backbone="resnet50",
+    head="classifier",
+    config=config
+)
+
+# Register model version
+register_model(
+    model,
+    name="custom_model",
+    version="1.0.0",
+    tags=["production", "classifier"]
+)
+'''
+
+CLASSIFICATION = '''
+from core_models.architectures import CNNArchitecture
+from core_models.heads import ClassificationHead
+
+model = CNNArchitecture(
+    backbone="resnet50",
+    head=ClassificationHead(num_classes=10)
+)
+'''
+
+DETECTION = '''
+from core_models.architectures import DetectionArchitecture
+from core_models.heads import DetectionHead
+
+model = DetectionArchitecture(
+    backbone="efficient_net",
+    head=DetectionHead(num_classes=20)
+)
+'''
+
+
+def run(run_python, *blocks, after=''):
+    r = run_python(textwrap.dedent(PREAMBLE) + '\n'.join(blocks) + textwrap.dedent(after), env={'CORE_MODELS_SETTINGS': ''})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+def test_custom_model_forward_backward(run_python):
+    out = run(run_python, CUSTOM_MODEL, after='''
+        model = CustomModel(config)
+        logits = model(torch.randn(2, 3, 16, 16))
+        logits.sum().backward()
+        assert logits.shape == (2, 10) and all(p.grad is not None for p in model.parameters())
+        print('ok')''')
+    assert out.strip() == 'ok'
+
+
+def test_registry_and_checkpoint(run_python, tmp_path):
+    out = run(run_python, CUSTOM_MODEL, '''
+model = CustomModel(model_config)
+model(torch.randn(2, 3, 16, 16))  # the head learns its width from the first batch
+optimizer = torch.optim.AdamW(model.parameters())
+epoch, metrics = 3, {"val_accuracy": 0.9}
+''', REGISTRY, after='''
+        import os
+        assert isinstance(model, CustomModel) and os.path.isfile("checkpoints/v1.0.0/model.safetensors")
+        assert registry.get("custom_model", "1.0.0").version == "1.0.0"
+        print('ok')''')
+    assert out.strip() == 'ok'
+
+
+def test_create_model_and_register_model(run_python):
+    "The seed's `architecture=\"custom\"` is a class the user registered; here one that takes a backbone and a head."
+    out = run(run_python, '''
+from core_models.architectures import BaseArchitecture, register_architecture
+
+@register_architecture(name="custom")
+class Custom(BaseArchitecture):
+    default_head = "classifier"
+''', CREATE_MODEL, after='''
+        logits = model(torch.randn(2, 3, 64, 64))
+        logits.sum().backward()
+        from core_models.versioning import ModelRegistry
+        v = ModelRegistry().get("custom_model", "production")
+        assert logits.shape == (2, 10) and v.version == "1.0.0" and "classifier" in v.tags
+        print('ok')''')
+    assert out.strip() == 'ok'
+
+
+def test_classification_and_detection_examples(run_python):
+    out = run(run_python, CLASSIFICATION, '''
+logits = model(torch.randn(2, 3, 64, 64)); logits.sum().backward()
+assert logits.shape == (2, 10)
+''', DETECTION, after='''
+        images = torch.rand(2, 3, 128, 128)
+        targets = [{"boxes": torch.tensor([[10., 20., 60., 90.]]), "labels": torch.tensor([3])},
+                   {"boxes": torch.tensor([[30., 30., 100., 70.], [5., 5., 40., 40.]]), "labels": torch.tensor([0, 19])}]
+        losses = model(images, targets)
+        sum(losses.values()).backward()
+        model.eval()
+        with torch.no_grad(): preds = model(images)
+        assert set(losses) == {"loss_cls", "loss_box", "loss_ctr"} and len(preds) == 2
+        assert set(preds[0]) == {"boxes", "scores", "labels"}
+        print('ok')''')
+    assert out.strip() == 'ok'
