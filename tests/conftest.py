@@ -2,6 +2,8 @@ import os, sys, subprocess
 from pathlib import Path
 import pytest
 
+pytest.register_assert_rewrite('fidelity')  # the shared fidelity checks report both sides when they fail
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -3,6 +3,7 @@ import pytest, torch, torch.nn as nn, torchvision
 from torchvision.ops import StochasticDepth
 from core_models.backbones.base import create_backbone, list_backbones, get_backbone_entry
 from core_models.backbones.efficient import EfficientNet, EFFICIENTNET_VARIANTS
+from fidelity import count_params, randomize_norms_, assert_meta_twin
 
 VARIANTS = list_backbones('efficientnet*')
 
@@ -13,33 +14,16 @@ def test_every_variant_registered():
     assert get_backbone_entry('efficient_net').name == get_backbone_entry('efficientnet').name == 'efficientnet_b0'
 
 
-@pytest.fixture(scope='module', params=VARIANTS)
-def pair(request):
-    "Ours and torchvision's model of one variant, both on the meta device."
-    name = request.param
-    with torch.device('meta'):
-        return name, create_backbone(name, num_classes=1000), torchvision.models.get_model(name)
+@pytest.mark.parametrize('name', VARIANTS)
+def test_params_and_keys_match_torchvision(name):
+    "Built on the meta device (no memory): equal param counts (torchvision's weights meta too), and torchvision's state_dict strict-loads through the map."
+    ours, _ = assert_meta_twin(name)
+    assert count_params(ours) == torchvision.models.get_model_weights(name).DEFAULT.meta['num_params']
 
 
-def n_params(m): return sum(p.numel() for p in m.parameters())
-
-
-def test_param_count(pair):
-    name, ours, tv = pair
-    assert n_params(ours) == n_params(tv) == torchvision.models.get_model_weights(name).DEFAULT.meta['num_params']
-
-
-def test_state_dict_converts_and_strict_loads(pair):
-    name, ours, tv = pair
-    sd = ours.convert_state_dict(tv.state_dict())
-    assert list(sd) == list(ours.state_dict())  # same tensors, same order
-    assert {k: v.shape for k, v in sd.items()} == {k: v.shape for k, v in ours.state_dict().items()}
-    ours.load_state_dict(sd, strict=True, assign=True)
-    assert ours.convert_state_dict(ours.state_dict()).keys() == ours.state_dict().keys()  # our keys pass through
-
-
-def test_hyperparameters_module_by_module(pair):
-    name, ours, tv = pair
+@pytest.mark.parametrize('name', VARIANTS)
+def test_hyperparameters_module_by_module(name):
+    with torch.device('meta'): ours, tv = create_backbone(name, num_classes=1000), torchvision.models.get_model(name)
     bn = lambda m: [(b.eps, b.momentum, b.num_features) for b in m.modules() if isinstance(b, nn.BatchNorm2d)]
     sd = lambda m: [(s.p, s.mode) for s in m.modules() if isinstance(s, StochasticDepth)]
     drop = lambda m: [d.p for d in m.modules() if isinstance(d, nn.Dropout)]
@@ -51,17 +35,9 @@ def test_hyperparameters_module_by_module(pair):
     assert ours.default_cfg['classifier'] == 'classifier.1' and ours.get_classifier().out_features == 1000
 
 
-def _randomize_norms_(m):
-    for b in m.modules():
-        if isinstance(b, nn.BatchNorm2d):
-            b.running_mean.normal_(0, 0.5); b.running_var.uniform_(0.5, 2)
-            nn.init.normal_(b.weight, 1, 0.3); nn.init.normal_(b.bias, 0, 0.3)
-    return m
-
-
 def test_v2_s_logits_match_torchvision():
     torch.manual_seed(0)
-    tv = _randomize_norms_(torchvision.models.efficientnet_v2_s()).eval()
+    tv = randomize_norms_(torchvision.models.efficientnet_v2_s()).eval()
     ours = create_backbone('efficientnet_v2_s', num_classes=1000, weights=tv.state_dict()).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad(): diff = (ours(x) - tv(x)).abs().max().item()

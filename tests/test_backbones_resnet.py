@@ -1,21 +1,11 @@
 """Every registered ResNet variant is torchvision's: same parameters, same keys (through one map), same outputs, same init."""
-import pytest, torch, torch.nn as nn, torchvision
+import pytest, torch, torchvision
 from core_models.backbones.base import create_backbone, list_backbones, get_backbone_entry
 from core_models.backbones.resnet import ResNet, torchvision_resnet_keys
+from fidelity import randomize_norms_, assert_meta_twin
 
 VARIANTS = ['resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152', 'resnext50_32x4d', 'resnext101_32x8d',
             'resnext101_64x4d', 'wide_resnet50_2', 'wide_resnet101_2']
-
-
-def count_params(m): return sum(p.numel() for p in m.parameters())
-
-
-def randomize_norms_(m):
-    for bn in m.modules():
-        if isinstance(bn, nn.BatchNorm2d):
-            bn.running_mean.normal_(0, 0.5); bn.running_var.uniform_(0.5, 2)
-            nn.init.normal_(bn.weight, 1, 0.3); nn.init.normal_(bn.bias, 0, 0.3)
-    return m
 
 
 def torchvision_stages(m, x):
@@ -34,14 +24,7 @@ def test_registry_holds_every_variant_with_its_torchvision_twin():
 @pytest.mark.parametrize('name', VARIANTS)
 def test_params_and_keys_match_torchvision(name):
     "Built on the meta device (no memory): equal param counts, and torchvision's state_dict strict-loads through the map."
-    with torch.device('meta'):
-        theirs = torchvision.models.get_model(name)
-        ours = create_backbone(name, num_classes=1000)
-    assert count_params(ours) == count_params(theirs)
-    sd = ours.convert_state_dict(theirs.state_dict())
-    assert list(sd) == list(ours.state_dict())
-    ours.load_state_dict(sd, strict=True, assign=True)
-    assert list(ours.convert_state_dict(ours.state_dict())) == list(sd), 'our own keys must pass through unchanged'
+    assert_meta_twin(name)
 
 
 @pytest.mark.parametrize('name', ['resnext50_32x4d', 'wide_resnet50_2'])

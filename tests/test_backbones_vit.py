@@ -4,11 +4,9 @@ import torchvision.models.vision_transformer as tv_vit
 from core_models.config import ShapeError
 from core_models.backbones.base import create_backbone, list_backbones, get_backbone_entry, load_weights, WeightsError
 from core_models.backbones.vit import VisionTransformer, VIT_VARIANTS, PYRAMID_STRIDES
+from fidelity import assert_meta_twin
 
 TWINS = [n for n in VIT_VARIANTS if get_backbone_entry(n).torchvision]
-
-
-def count_params(m): return sum(p.numel() for p in m.parameters())
 
 
 def test_registry_holds_every_variant():
@@ -22,14 +20,7 @@ def test_registry_holds_every_variant():
 @pytest.mark.parametrize('name', TWINS)
 def test_params_and_keys_match_torchvision(name):
     "Built on the meta device (no memory): equal param counts, and torchvision's state_dict strict-loads through the map."
-    with torch.device('meta'):
-        theirs = torchvision.models.get_model(name)
-        ours = create_backbone(name, num_classes=1000)
-    assert count_params(ours) == count_params(theirs)
-    sd = ours.convert_state_dict(theirs.state_dict())
-    assert sorted(sd) == sorted(ours.state_dict())
-    ours.load_state_dict(sd, strict=True, assign=True)
-    assert list(ours.convert_state_dict(ours.state_dict())) == list(ours.state_dict()), 'our own keys pass through unchanged'
+    assert_meta_twin(name)
 
 
 def test_vit_h_14_default_weights_made_for_518_px_load_into_224():

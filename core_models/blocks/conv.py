@@ -25,10 +25,12 @@ Norm = Literal['batch', 'group', 'layer', 'none']
 _ACTS = dict(relu=nn.ReLU, relu6=nn.ReLU6, silu=nn.SiLU, gelu=nn.GELU, hardswish=nn.Hardswish,
              sigmoid=nn.Sigmoid, hardsigmoid=nn.Hardsigmoid, none=nn.Identity)
 
-def make_act(name:Act) -> nn.Module:
-    "A new activation module for `name` (`'none'` gives `nn.Identity`)."
+_INPLACE_ACTS = {'relu', 'relu6', 'silu', 'hardswish', 'hardsigmoid'}  # the ones with an `inplace` option
+
+def make_act(name:Act, inplace:bool=False) -> nn.Module:
+    "A new activation module for `name` (`'none'` gives `nn.Identity`), working in place if `inplace` and it can."
     if name not in _ACTS: raise ConfigError('make_act', 'name', 'one of ' + ', '.join(map(repr, _ACTS)), name)
-    return _ACTS[name]()
+    return _ACTS[name](inplace=True) if inplace and name in _INPLACE_ACTS else _ACTS[name]()
 
 # %% ../../nbs/blocks/00_conv.ipynb #a6112cb3
 class LayerNorm2d(nn.LayerNorm):
@@ -83,13 +85,13 @@ class ConvBlock(Configurable, nn.Module):
         self.conv = nn.Conv2d(c.in_channels, c.out_channels, k, c.stride, padding, dilation=c.dilation,
                               groups=c.groups, bias=bias)
         self.norm = make_norm2d(c.norm, c.out_channels, eps=c.norm_eps, groups=c.norm_groups)
-        self.act = make_act(c.act)
+        self.act = make_act(c.act, inplace=True)
 
     def forward(self, x):
         check_shape(x, ('B', self.config.in_channels, 'H', 'W'), where=type(self).__name__)
         return self.act(self.norm(self.conv(x)))
 
-# %% ../../nbs/blocks/00_conv.ipynb #abb0a00e
+# %% ../../nbs/blocks/00_conv.ipynb #077df7e7
 def load_state_dict_in_order(module:nn.Module, state_dict:dict) -> dict:
     "Load `state_dict` into `module` by position (shapes must match); returns the map {their key: our key}."
     ours, theirs = module.state_dict(), list(state_dict.items())
@@ -104,7 +106,7 @@ def load_state_dict_in_order(module:nn.Module, state_dict:dict) -> dict:
     module.load_state_dict({keymap[tk]: tv for tk, tv in theirs})
     return keymap
 
-# %% ../../nbs/blocks/00_conv.ipynb #4c6ae133
+# %% ../../nbs/blocks/00_conv.ipynb #8b5a856c
 class DepthwiseSeparableConv(Configurable, nn.Module):
     "A depthwise `k x k` `ConvBlock` then a pointwise 1x1 `ConvBlock` (MobileNetV1's block)."
     @dataclass
@@ -137,7 +139,7 @@ class DepthwiseSeparableConv(Configurable, nn.Module):
         check_shape(x, ('B', self.config.in_channels, 'H', 'W'), where=type(self).__name__)
         return self.pointwise(self.depthwise(x))
 
-# %% ../../nbs/blocks/00_conv.ipynb #fe59f276
+# %% ../../nbs/blocks/00_conv.ipynb #91836466
 class SqueezeExcite(Configurable, nn.Module):
     "Squeeze-and-excitation: reweight channels by a gate computed from their global average (torchvision's `SqueezeExcitation`)."
     @dataclass
@@ -162,14 +164,14 @@ class SqueezeExcite(Configurable, nn.Module):
         check_shape(x, ('B', self.config.channels, 'H', 'W'), where=type(self).__name__)
         return x * self.gate(self.fc2(self.activation(self.fc1(self.avgpool(x)))))
 
-# %% ../../nbs/blocks/00_conv.ipynb #f3cb6bc3
+# %% ../../nbs/blocks/00_conv.ipynb #84ac8577
 def make_divisible(v:float, divisor:int=8, min_value:int|None=None) -> int:
     "`v` rounded to the nearest multiple of `divisor` (at least `min_value`), never more than 10% below `v`."
     min_value = divisor if min_value is None else min_value
     new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
     return new_v + divisor if new_v < 0.9 * v else new_v
 
-# %% ../../nbs/blocks/00_conv.ipynb #ea316ca6
+# %% ../../nbs/blocks/00_conv.ipynb #91adee74
 class MBConv(Configurable, nn.Module):
     "EfficientNet's inverted residual: 1x1 expand, depthwise k x k, squeeze-excite, 1x1 linear project (+ residual)."
     @dataclass
@@ -205,7 +207,7 @@ class MBConv(Configurable, nn.Module):
         y = self.project(self.se(self.depthwise(y)))
         return x + self.drop_path(y) if self.use_residual else y
 
-# %% ../../nbs/blocks/00_conv.ipynb #0462c449
+# %% ../../nbs/blocks/00_conv.ipynb #3898c9f9
 class FusedMBConv(Configurable, nn.Module):
     "EfficientNetV2's fused inverted residual: one full k x k conv (expand + depthwise fused), then a 1x1 linear project (+ residual)."
     @dataclass
