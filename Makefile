@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lab export clean-nbs help bench
+.PHONY: install test chromium lab export clean-nbs help bench run release
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -29,10 +29,31 @@ export: install  ## regenerate core_models/ from the notebooks
 clean-nbs: install  ## strip metadata noise (execution counts, kernel info) from the notebooks
 	$(BIN)/nbdev-clean
 
-test: install  ## export the package, run every notebook, then pytest
+test: install chromium  ## export the package, run every notebook, then pytest
 	$(BIN)/nbdev-export
 	$(BIN)/nbdev-test --n-workers 2
 	$(BIN)/python -m pytest tests/ -q
+
+# The browser test (tests/test_widgets_browser.py) drives Debian's chromium; Playwright's own download fails offline.
+chromium:  ## install Debian's chromium for the browser test when it is missing (apt-get, as root)
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "make: installing chromium for the browser test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "make: /usr/bin/chromium missing and cannot apt-get it (not root); the browser test will skip"; fi
+
+# dvc runs each stage's `core-models ...` command through the shell: the venv's bin must be on PATH.
+run: export PATH := $(abspath $(BIN)):$(PATH)
+run: install  ## the main job: dvc repro (prepare digits -> train -> evaluate), then the metrics and how to release
+	$(BIN)/dvc repro
+	@echo; $(BIN)/dvc metrics show dvc.yaml
+	@echo; echo "To make this model a version: commit what changed (git add -A && git commit -m 'Train digits-cnn'), then"; 	echo "  make release NAME=digits-cnn VERSION=1.0.0   # dvc push + registry commit + GTO tag digits-cnn@v1.0.0"
+
+NAME ?= digits-cnn
+release: export PATH := $(abspath $(BIN)):$(PATH)
+release: install  ## register HEAD's model as NAME VERSION (e.g. make release NAME=digits-cnn VERSION=1.0.0)
+	@test -n "$(VERSION)" || { echo "make release: give VERSION=X.Y.Z (and NAME=..., default digits-cnn)"; exit 2; }
+	$(BIN)/core-models release $(NAME) $(VERSION) --push
 
 lab: install  ## JupyterLab on this repo with the venv's kernel
 	$(BIN)/jupyter lab --notebook-dir=.
