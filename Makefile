@@ -31,7 +31,10 @@ clean-nbs: install  ## strip metadata noise (execution counts, kernel info) from
 
 test: install chromium  ## export the package, run every notebook, then pytest
 	$(BIN)/nbdev-export
-	$(BIN)/nbdev-test --n-workers 2
+	@# one process per notebook, two at a time: a notebook starts from a fresh interpreter, as in a new kernel
+	@# (nbdev-test's own pool reuses worker processes, so a notebook could see the registrations of the previous one)
+	find nbs -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' -not -name '_*' | sort | \
+	  xargs -P 2 -n 1 $(BIN)/nbdev-test --do-print
 	$(BIN)/python -m pytest tests/ -q
 
 # The browser test (tests/test_widgets_browser.py) drives Debian's chromium; Playwright's own download fails offline.
