@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test chromium lab export clean-nbs help bench run release
+.PHONY: install test chromium lab export clean-nbs help bench run release docs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -57,6 +57,10 @@ release: export PATH := $(abspath $(BIN)):$(PATH)
 release: install  ## register HEAD's model as NAME VERSION (e.g. make release NAME=digits-cnn VERSION=1.0.0)
 	@test -n "$(VERSION)" || { echo "make release: give VERSION=X.Y.Z (and NAME=..., default digits-cnn)"; exit 2; }
 	$(BIN)/core-models release $(NAME) $(VERSION) --push
+
+# Quarto present: nbdev-docs. Absent (our machines): nbdev's processed notebooks rendered by nbconvert, with a sidebar.
+docs: install  ## build the docs site in _docs/ (open _docs/index.html); see tools/build_docs.py
+	$(PY) tools/build_docs.py
 
 lab: install  ## JupyterLab on this repo with the venv's kernel
 	$(BIN)/jupyter lab --notebook-dir=.

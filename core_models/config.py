@@ -171,7 +171,7 @@ class ComponentConfig:
                 for f in fields(self)]
         return f'**{_component_name(type(self))}**\n\n| field | type | value | meaning |\n|---|---|---|---|\n' + '\n'.join(rows)
 
-# %% ../nbs/01_config.ipynb #bc8bdd04
+# %% ../nbs/01_config.ipynb #3728eab2
 class Configurable:
     "Mixin for components built as `Component(config=None, **overrides)` from a nested `Config` dataclass."
     Config: type[ComponentConfig] = ComponentConfig
@@ -193,7 +193,7 @@ class Configurable:
         "Build the component from a config (the output of `to_config`, or any shared config)."
         return cls(config, **overrides)
 
-# %% ../nbs/01_config.ipynb #f74ddb81
+# %% ../nbs/01_config.ipynb #4aba2659
 class ShapeError(ValueError):
     "An input tensor has the wrong rank or size: names the component, the expected and the given shape."
 
