@@ -175,6 +175,23 @@ def _input_error(model, where, inputs, err) -> ValueError:
     return ValueError(f'{msg}: in {layer}: {err}')
 
 # %% ../nbs/02_summary.ipynb #79205962
+def _add_uncalled(model, rows, finished, depth, flops_of) -> dict:
+    "Rows for modules a model uses without calling them (e.g. `backbone.forward_features(x)`, or iterating a `Sequential`)."
+    names = [n for n, _ in model.named_modules() if n]
+    out = dict(rows)
+    for name in names:
+        d = name.count('.') + 1
+        if d > depth or name in out: continue
+        ran = [n for n in finished if n.startswith(name + '.')]
+        if not ran: continue
+        top = [n for n in ran if not any(n.startswith(a + '.') for a in ran if a != n)]  # outermost modules that ran
+        ps = list(model.get_submodule(name).parameters())
+        out[name] = LayerRow(name, type(model.get_submodule(name)).__name__, d, output_shape=finished[max(ran, key=lambda n: finished[n][0])][1],
+                             params=sum(p.numel() for p in ps), trainable=sum(p.numel() for p in ps if p.requires_grad),
+                             flops=sum(flops_of(n) for n in top))
+    order = {n: i for i, n in enumerate(names)}
+    return dict(sorted(out.items(), key=lambda kv: order[kv[0]]))
+
 def summary(model:nn.Module,
             input_size:tuple|None=None,  # input shape with the batch first; None: `(1, *model.default_cfg['input_size'])`
             *,
@@ -194,9 +211,11 @@ def summary(model:nn.Module,
                 rows[name] = LayerRow(name, type(mod).__name__, depth_m, params=sum(p.numel() for p in ps),
                                       trainable=sum(p.numel() for p in ps if p.requires_grad))
         return hook
+    finished = {}  # name -> (order, output shape) of every module that ran
     def post(name):
         def hook(mod, inp, out):
             stack.pop()
+            if name not in finished: finished[name] = (len(finished), _shapes(out))
             if name in rows and rows[name].output_shape is None: rows[name].output_shape = _shapes(out)
         return hook
     training = {m: m.training for m in model.modules()}
@@ -214,6 +233,7 @@ def summary(model:nn.Module,
         for m, t in training.items(): m.train(t)
     counts, root = counter.get_flop_counts(), type(model).__name__
     for r in rows.values(): r.flops = sum(counts.get(f'{root}.{r.name}', {}).values())
+    rows = _add_uncalled(model, rows, finished, depth, lambda n: sum(counts.get(f'{root}.{n}', {}).values()))
     params = list(model.parameters())
     given = args[0] if len(args) == 1 else list(args) or kwargs
     return ModelSummary(root, _shapes(given), _shapes(out), list(rows.values()),
