@@ -59,7 +59,8 @@ release: install  ## register HEAD's model as NAME VERSION (e.g. make release NA
 	$(BIN)/core-models release $(NAME) $(VERSION) --push
 
 # Quarto present: nbdev-docs. Absent (our machines): nbdev's processed notebooks rendered by nbconvert, with a sidebar.
-docs: install  ## build the docs site in _docs/ (open _docs/index.html); see tools/build_docs.py
+docs: install  ## README.md from nbs/index.ipynb, then the docs site in _docs/ (open _docs/index.html); see tools/
+	$(PY) tools/readme.py
 	$(PY) tools/build_docs.py
 
 lab: install  ## JupyterLab on this repo with the venv's kernel

@@ -57,3 +57,21 @@ def test_docs_in_browser(site):
             page.screenshot(path=str(ARTIFACTS/'docs_api_page.png'), full_page=False)
         finally:
             browser.close()
+
+def test_readme_is_generated_from_index():
+    "README.md is what tools/readme.py makes of nbs/index.ipynb (nbdev-readme's job, without Quarto)."
+    r = subprocess.run([sys.executable, str(ROOT/'tools'/'readme.py'), '--check'], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    readme = (ROOT/'README.md').read_text()
+    assert readme.index('make run') < readme.index('make test') < readme.index('## Where to start'), 'the two commands come first'
+
+def test_learning_path_names_real_notebooks():
+    "Every notebook the index names exists, and every tutorial is on the index's learning path."
+    import json, re
+    text = ''.join(''.join(c['source']) for c in json.loads((ROOT/'nbs'/'index.ipynb').read_text())['cells'] if c['cell_type'] == 'markdown')
+    named = set(re.findall(r'`((?:tutorials|widgets|versioning|blocks|backbones|heads|architectures)/\d\d_\w+|\d\d_\w+)`', text))
+    missing = sorted(n for n in named if not (ROOT/'nbs'/f'{n}.ipynb').exists())
+    assert not missing, f'the index names notebooks that do not exist: {missing}'
+    tutorials = sorted(p.stem for p in (ROOT/'nbs'/'tutorials').glob('[0-9]*.ipynb'))
+    unlisted = [t for t in tutorials if f'tutorials/{t}' not in named]
+    assert not unlisted, f'tutorials missing from the index learning path: {unlisted}'
