@@ -6,7 +6,7 @@ Docs: https://core-models.github.io/core-models/config.html.md"""
 
 # %% ../nbs/01_config.ipynb #60c43b86
 from __future__ import annotations
-import dataclasses, difflib, typing, types
+import dataclasses, difflib, fnmatch, typing, types
 from dataclasses import dataclass, field, fields, MISSING
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from collections.abc import Mapping
@@ -14,7 +14,7 @@ import torch
 
 # %% auto #0
 __all__ = ['ConfigError', 'config_field', 'type_name', 'check_type', 'config_as_dict', 'ComponentConfig', 'Configurable',
-           'ShapeError', 'check_shape']
+           'ShapeError', 'check_shape', 'NameRegistry']
 
 # %% ../nbs/01_config.ipynb #09258326
 _NOTHING = object()
@@ -206,3 +206,61 @@ def check_shape(x, *patterns, where:str) -> int:
     for i, p in enumerate(patterns):
         if x.ndim == len(p) and all(not isinstance(d, int) or d == s for d, s in zip(p, x.shape)): return i
     raise ShapeError(f'{where}: expected input of shape {" or ".join(map(_pattern, patterns))}, got {tuple(x.shape)}')
+
+# %% ../nbs/01_config.ipynb #41acf407
+def _describe(obj) -> str:
+    "A registered thing as a registry table shows it: a class or function by name and first doc line."
+    name = getattr(obj, '__qualname__', None)
+    if name is None: return _show(obj)
+    doc = (getattr(obj, '__doc__', None) or '').strip().split('\n')[0]
+    return f'`{name}`' + (f': {doc}' if doc else '')
+
+class NameRegistry:
+    "Things of one `kind` (backbone, head, ...) registered by name and aliases; an unknown name fails with the closest ones."
+    def __init__(self, kind:str, n_close:int=3, lister:str|None=None):
+        "`n_close`: how many close names an error suggests; `lister`: the function an error points to, instead of listing every name."
+        self.kind, self.n_close, self.lister = kind, n_close, lister
+        self.entries: dict[str, Any] = {}  # name -> thing
+        self.aliases: dict[str, str] = {}  # alias -> name
+
+    def register(self, name:str, obj, aliases:tuple=()):
+        "Add `obj` under `name` and `aliases`; returns `obj`. A name registered again is replaced (a notebook cell run twice)."
+        if not isinstance(name, str) or not name:
+            raise TypeError(f'register {self.kind}: expected a name (a non-empty str), got {_show(name)}')
+        self.entries[name] = obj
+        for a in aliases: self.aliases[a] = name
+        return obj
+
+    def resolve(self, name:str) -> str:
+        "The registered name that `name` stands for: itself, or the name it is an alias of."
+        return self.aliases.get(name, name)
+
+    def names(self, pattern:str='*', aliases:bool=True) -> list[str]:
+        "Sorted names (and, with `aliases`, aliases) matching the glob `pattern`."
+        ns = {*self.entries, *self.aliases} if aliases else set(self.entries)
+        return sorted(n for n in ns if fnmatch.fnmatch(n, pattern))
+
+    def get(self, name:str):
+        "The thing registered as `name` (or aliased so); a `KeyError` naming the closest known names otherwise."
+        if not isinstance(name, str): raise TypeError(f'expected a {self.kind} name (str), got {_show(name)}')
+        key = self.resolve(name)
+        if key not in self.entries: raise self.unknown(name)
+        return self.entries[key]
+
+    def unknown(self, name:str) -> KeyError:
+        "The error for an unknown `name`: the closest known names, else every name (or the `lister` that shows them)."
+        close = difflib.get_close_matches(name, self.names(), n=self.n_close, cutoff=0.5)
+        if close: hint = 'closest: ' + ', '.join(close)
+        elif self.lister: hint = f'{self.lister}() shows the {len(self)} names'
+        else: hint = 'known: ' + ', '.join(self.names())
+        return KeyError(f'unknown {self.kind} {name!r}; {hint}')
+
+    def __contains__(self, name) -> bool: return isinstance(name, str) and self.resolve(name) in self.entries
+    def __iter__(self): return iter(self.entries)
+    def __len__(self) -> int: return len(self.entries)
+    def __repr__(self): return f'NameRegistry({self.kind!r}: {len(self)} names, {len(self.aliases)} aliases)'
+
+    def _repr_markdown_(self):
+        als = {n: [a for a, t in self.aliases.items() if t == n] for n in self.entries}
+        rows = [f"| `{n}` | {', '.join(f'`{a}`' for a in sorted(als[n]))} | {_describe(o)} |" for n, o in sorted(self.entries.items())]
+        return f'**{self.kind} registry**\n\n| name | aliases | registered |\n|---|---|---|\n' + '\n'.join(rows)

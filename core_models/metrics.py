@@ -187,11 +187,19 @@ def _check_boxes(d:dict, keys, where:str):
     for k in keys[1:]:
         if d[k].shape != (n,): raise ValueError(f"{where}['{k}']: expected shape ({n},) to match the {n} boxes, got {tuple(d[k].shape)}")
 
+def _check_label_names(d:dict, class_names:list[str], where:str):
+    labels = d['labels']
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(class_names)):
+        raise ValueError(f"{where}['labels']: expected values in 0..{len(class_names) - 1} (the ids of the "
+                         f"{len(class_names)} class_names), got {labels.min().item()}..{labels.max().item()}")
+
 class MeanAveragePrecision:
     "COCO box mAP, accumulated over batches of torchvision-format predictions and targets."
     def __init__(self, max_detections:int=100, iou_thresholds:torch.Tensor=COCO_IOU_THRESHOLDS,
-                 recall_thresholds:torch.Tensor=COCO_RECALL_THRESHOLDS):
+                 recall_thresholds:torch.Tensor=COCO_RECALL_THRESHOLDS,
+                 class_names:Sequence[str]|None=None): # the name of each label id, for the table
         self.max_detections, self.iou_thresholds, self.recall_thresholds = max_detections, iou_thresholds, recall_thresholds
+        self.class_names = list(class_names) if class_names is not None else None
         self.reset()
 
     def reset(self):
@@ -205,6 +213,8 @@ class MeanAveragePrecision:
         for i, (p, t) in enumerate(zip(preds, targets)):
             _check_boxes(p, ('boxes', 'scores', 'labels'), f'predictions[{i}]')
             _check_boxes(t, ('boxes', 'labels'), f'targets[{i}]')
+            if self.class_names is not None:
+                _check_label_names(p, self.class_names, f'predictions[{i}]'); _check_label_names(t, self.class_names, f'targets[{i}]')
             self._update_image({k: v.detach().cpu() for k, v in p.items()}, {k: v.detach().cpu() for k, v in t.items()})
         self.num_images += len(preds)
         return self
@@ -240,8 +250,9 @@ class MeanAveragePrecision:
     def _repr_markdown_(self):
         r = self.compute()
         head = f"mAP **{r['map']:.4f}** (IoU .50:.95), {r['map_50']:.4f} @ .50, {r['map_75']:.4f} @ .75, AR@100 {r['mar_100']:.4f}; {self.num_images} images\n\n"
-        rows = '\n'.join(f'| {c} | {self.num_gt[c]} | {ap:.4f} |' if ap >= 0 else f'| {c} | 0 | - |'
-                         for c, ap in zip(r['classes'], r['map_per_class']))
+        names = [self.class_names[c] if self.class_names is not None else c for c in r['classes']]
+        rows = '\n'.join(f'| {n} | {self.num_gt[c]} | {ap:.4f} |' if ap >= 0 else f'| {n} | 0 | - |'
+                         for n, c, ap in zip(names, r['classes'], r['map_per_class']))
         return head + '| class | boxes | AP |\n|---|---:|---:|\n' + rows
 
 # %% ../nbs/04_metrics.ipynb #6077d6cc
@@ -261,7 +272,7 @@ def to_coco_format(preds:list[dict], targets:list[dict]) -> tuple[dict, list[dic
     labels = {a['category_id'] for a in anns} | {d['category_id'] for d in dets}
     return dict(images=images, annotations=anns, categories=[dict(id=c) for c in sorted(labels)]), dets
 
-# %% ../nbs/04_metrics.ipynb #892b9517
+# %% ../nbs/04_metrics.ipynb #b765186e
 def confusion_from_masks(preds:torch.Tensor, targets:torch.Tensor, num_classes:int, ignore_index:int|None=255) -> torch.Tensor:
     "`(K, K)` pixel confusion (rows true) of masks `(N, H, W)` or logits `(N, K, H, W)` against target masks, skipping `ignore_index`."
     return confusion_matrix(preds, targets, num_classes, ignore_index)
@@ -283,7 +294,7 @@ def pixel_accuracy(preds:torch.Tensor, targets:torch.Tensor, ignore_index:int|No
     keep = targets != ignore_index if ignore_index is not None else torch.ones_like(targets, dtype=torch.bool)
     return (preds[keep] == targets[keep]).double().mean().item()
 
-# %% ../nbs/04_metrics.ipynb #851b78f8
+# %% ../nbs/04_metrics.ipynb #c13d8c94
 class SegmentationMetrics(ConfusionMatrix):
     "Pixel accuracy, mean accuracy and (m)IoU, accumulated over batches of masks or logits."
     def __init__(self, num_classes:int, class_names:Sequence[str]|None=None, ignore_index:int|None=255):

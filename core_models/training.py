@@ -23,8 +23,9 @@ from .versioning.checkpoint import CheckpointManager, config_hash, to_jsonable
 
 # %% auto #0
 __all__ = ['TrainConfig', 'default_param_groups', 'build_optimizer', 'warmup_factor', 'build_scheduler', 'Callback',
-           'EarlyStopping', 'History', 'dist_info', 'is_main_process', 'init_distributed', 'reset_peak_memory',
-           'peak_memory_mb', 'seed_worker', 'Trainer']
+           'EarlyStopping', 'History', 'dist_info', 'is_main_process', 'init_distributed', 'convert_sync_batchnorm',
+           'reset_peak_memory', 'peak_memory_mb', 'enable_grad_checkpointing', 'seed_worker', 'Trainer',
+           'dataset_classes', 'metric_class_names']
 
 # %% ../nbs/06_training.ipynb #a51c7af8
 @dataclass
@@ -46,6 +47,8 @@ class TrainConfig(ComponentConfig):
     grad_clip: float | None = config_field(None, doc='clip the gradient norm to this (None: no clipping)', gt=0)
     accumulate: int = config_field(1, doc='batches whose gradients are summed before an optimizer step', ge=1)
     compile: bool = config_field(False, doc='torch.compile the model for training')
+    grad_checkpointing: bool = config_field(False, doc="recompute activations in backward instead of storing them (the model's `set_grad_checkpointing`)")
+    sync_batchnorm: bool = config_field(False, doc='distributed runs: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only)')
     seed: int | None = config_field(42, doc='seeds python, numpy and torch at the start of fit (None: leave them)')
     deterministic: bool = config_field(False, doc='ask torch for deterministic kernels (CPU training is deterministic already)')
     device: str = config_field('auto', doc='auto, cpu, cuda, cuda:N or mps')
@@ -185,6 +188,20 @@ def init_distributed(device:torch.device) -> bool:
     return True
 
 # %% ../nbs/06_training.ipynb #36df92f9
+def convert_sync_batchnorm(model:nn.Module, distributed:bool, device:torch.device) -> nn.Module:
+    "`model` with `SyncBatchNorm` layers for a distributed CUDA run; unchanged (with a note) in one process; an error on CPU."
+    if not distributed:
+        if is_main_process():
+            print('Trainer: sync_batchnorm=True has no effect in a single process (BatchNorm already sees the whole batch); '
+                  'it applies to distributed CUDA runs')
+        return model
+    if device.type != 'cuda':
+        raise ConfigError('TrainConfig', 'sync_batchnorm', f"False for a distributed run on {device.type} (torch's SyncBatchNorm "
+                          'runs only on CUDA; DistributedDataParallel refuses it with gloo)', True,
+                          hint='without it each process normalises over its own share of the batch')
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+# %% ../nbs/06_training.ipynb #006d44d9
 def reset_peak_memory(device:torch.device):
     "Start a new peak-memory window for `peak_memory_mb`."
     if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
@@ -202,7 +219,17 @@ def peak_memory_mb(device:torch.device) -> float:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == 'darwin' else rss / 1024
 
-# %% ../nbs/06_training.ipynb #006d44d9
+# %% ../nbs/06_training.ipynb #7269bd98
+def enable_grad_checkpointing(model:nn.Module):
+    "Call `model.set_grad_checkpointing(True)`; a `ConfigError` naming the model's type when it has no such method."
+    fn = getattr(model, 'set_grad_checkpointing', None)
+    if not callable(fn):
+        raise ConfigError('TrainConfig', 'grad_checkpointing', 'False for a model without a `set_grad_checkpointing(enable)` method', True,
+                          hint=f'the model, a {type(model).__qualname__}, has none (core_models backbones and architectures and timm models do)')
+    fn(True)
+    return model
+
+# %% ../nbs/06_training.ipynb #4ff3226e
 def seed_worker(worker_id:int):
     "DataLoader `worker_init_fn`: seed python and numpy in each worker from torch's per-worker seed."
     import random, numpy as np
@@ -225,6 +252,8 @@ class Trainer:
         if c.batch_size % self.world_size:
             raise ConfigError('TrainConfig', 'batch_size', f'a multiple of the {self.world_size} processes (the global batch is split evenly)', c.batch_size)
         self.model = model.to(self.device)
+        if c.grad_checkpointing: enable_grad_checkpointing(self.model)
+        if c.sync_batchnorm: self.model = convert_sync_batchnorm(self.model, self.distributed, self.device)
         if c.channels_last: self.model = self.model.to(memory_format=torch.channels_last)
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
         self.train_loader = self.make_loader(train_dataset, train=True)
@@ -260,7 +289,7 @@ class Trainer:
                           num_workers=c.num_workers, collate_fn=collate, generator=gen, worker_init_fn=seed_worker,
                           pin_memory=self.device.type == 'cuda')
 
-# %% ../nbs/06_training.ipynb #2086e2c0
+# %% ../nbs/06_training.ipynb #04678395
 def _plain(t): return t.as_subclass(torch.Tensor) if isinstance(t, torch.Tensor) else t
 
 @patch
@@ -289,7 +318,7 @@ def training_loss(self:Trainer, model, x, y) -> torch.Tensor:
         losses = model(x, y)
         return sum(v.float() for v in losses.values())
 
-# %% ../nbs/06_training.ipynb #7269bd98
+# %% ../nbs/06_training.ipynb #06de65a9
 def _all_reduce(t:torch.Tensor, distributed:bool) -> torch.Tensor:
     if distributed: dist.all_reduce(t)
     return t
@@ -329,7 +358,22 @@ def train_epoch(self:Trainer, epoch:int) -> float:
     stats = _all_reduce(torch.stack([total, torch.tensor(float(count), dtype=torch.float64)]).to(self.device), self.distributed)
     return (stats[0] / stats[1]).item()
 
-# %% ../nbs/06_training.ipynb #0b7ee4af
+# %% ../nbs/06_training.ipynb #d571539d
+def dataset_classes(dataset) -> list[str]|None:
+    "The `classes` of `dataset`, looking through `Subset`s; None when it has none."
+    while not getattr(dataset, 'classes', None) and isinstance(dataset, Subset): dataset = dataset.dataset
+    classes = getattr(dataset, 'classes', None)
+    return list(classes) if classes else None
+
+def metric_class_names(dataset, num_classes:int, task:str='classification') -> list[str]|None:
+    "Names for a model's `num_classes` outputs from `dataset.classes`, with 'background' first for a segmenter's class 0; None when they don't fit."
+    names = dataset_classes(dataset)
+    if names is None: return None
+    if len(names) == num_classes: return names
+    if task == 'segmentation' and len(names) + 1 == num_classes: return ['background', *names]
+    return None
+
+# %% ../nbs/06_training.ipynb #2bc75aa0
 def _eval_detection(model, x, y):
     "Predictions and (when the head can compute them) summed losses of a detector in eval mode, from one forward."
     head = getattr(model, 'head', None)
@@ -356,14 +400,15 @@ def evaluate(self:Trainer, dataset:Dataset|None=None) -> dict:
                 if task == 'classification':
                     logits = model(x).float()
                     loss = F.cross_entropy(logits, y, reduction='sum')
-                    if metric is None: metric = ConfusionMatrix(logits.shape[1], getattr(dataset, 'classes', None) if len(getattr(dataset, 'classes', [])) == logits.shape[1] else None)
+                    if metric is None: metric = ConfusionMatrix(logits.shape[1], metric_class_names(dataset, logits.shape[1]))
                     metric.update(logits, y)
                     if logits.shape[1] > 5: top5 += (logits.topk(5, 1).indices == y[:, None]).any(1).sum().item()
                 elif task == 'segmentation':
                     logits = model(x)['out'].float()
                     head = getattr(model, 'head', None)
                     loss = sum(v.float() for v in head.losses(logits, y).values()) * len(x) if hasattr(head, 'losses') else None
-                    if metric is None: metric = SegmentationMetrics(logits.shape[1], ignore_index=getattr(getattr(head, 'config', None), 'ignore_index', 255))
+                    if metric is None: metric = SegmentationMetrics(logits.shape[1], metric_class_names(dataset, logits.shape[1], task),
+                                                                    ignore_index=getattr(getattr(head, 'config', None), 'ignore_index', 255))
                     metric.update(logits, y)
                 else:
                     preds, loss = _eval_detection(model, x, y)
@@ -382,7 +427,9 @@ def evaluate(self:Trainer, dataset:Dataset|None=None) -> dict:
             gathered = [None] * self.world_size
             dist.all_gather_object(gathered, (preds_all, targets_all))
             preds_all = [p for g in gathered for p in g[0]]; targets_all = [t for g in gathered for t in g[1]]
-        metric = MeanAveragePrecision().update(preds_all, targets_all)
+        num_classes = getattr(getattr(getattr(model, 'head', None), 'config', None), 'num_classes', None)
+        names = metric_class_names(dataset, num_classes, task) if num_classes else None
+        metric = MeanAveragePrecision(class_names=names).update(preds_all, targets_all)
         r = metric.compute()
         out.update({k: r[k] for k in ('map', 'map_50', 'map_75', 'mar_100')})
     else:
@@ -396,7 +443,7 @@ def evaluate(self:Trainer, dataset:Dataset|None=None) -> dict:
     self.last_evaluation = metric
     return out
 
-# %% ../nbs/06_training.ipynb #ae8de704
+# %% ../nbs/06_training.ipynb #da90ac0d
 _NOT_HASHED = ('live_dir', 'checkpoint_dir', 'resume', 'progress', 'device', 'num_workers', 'compile')
 
 def _describe_data(ds) -> dict|None:
@@ -463,7 +510,7 @@ def resume(self:Trainer) -> int:
     say(f'Trainer: resumed from {str(ck.path)!r} (epoch {ck.epoch} of {self.config.epochs})')
     return ck.epoch
 
-# %% ../nbs/06_training.ipynb #970dac89
+# %% ../nbs/06_training.ipynb #93950313
 def _numbers(row:dict) -> dict:
     return {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != 'epoch'}
 

@@ -7,11 +7,18 @@ The model has no batch statistics and no dropout (Linear + ReLU on 8x8 digits), 
 with batch B/N each computes the same update as one process with batch B, up to float summation order.
 Each process writes OUT/rank<R>.pt (its final state_dict) and OUT/history<R>.json; checkpoints and dvclive
 logs go to OUT/ckpt_rank<R> and OUT/live_rank<R>, so the test can see that only rank 0 wrote any.
+
+    python -m torch.distributed.run --nproc_per_node=2 tests/ddp_train.py OUT sync_bn
+
+builds a BatchNorm model with `sync_batchnorm=True` instead, and writes OUT/sync_bn<R>.json: the Trainer's error,
+and what torch itself does with a SyncBatchNorm model under DDP on CPU (so the test notices if torch ever allows it).
 """
 import json, os, sys
 from pathlib import Path
 import torch, torch.nn as nn
+import torch.distributed as dist
 from torch.utils.data import Subset
+from core_models.config import ConfigError
 from core_models.data import DigitsDataset
 from core_models.settings import seed_everything
 from core_models.training import Trainer, TrainConfig
@@ -41,5 +48,27 @@ def main(out):
                                                         'per_rank_batch': trainer.per_rank_batch, 'history': history}))
 
 
+class TinyBNNet(nn.Sequential):
+    task = 'classification'
+    def __init__(self):
+        super().__init__(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10))
+
+
+def sync_bn(out):
+    out = Path(out)
+    rank = int(os.environ.get('RANK', 0))
+    train = Subset(DigitsDataset('train', size=8), range(32))
+    result = {'trainer_error': None, 'torch_error': None}
+    try: Trainer(TinyBNNet(), train, config=TrainConfig(epochs=1, batch_size=16, sync_batchnorm=True, progress=False))
+    except ConfigError as e: result['trainer_error'] = str(e)
+    result['distributed'] = dist.is_initialized() and dist.get_world_size()
+    try:  # torch's own verdict on the same model, without the Trainer
+        net = nn.parallel.DistributedDataParallel(nn.SyncBatchNorm.convert_sync_batchnorm(TinyBNNet()))
+        net(torch.randn(8, 1, 8, 8)).sum().backward()
+    except Exception as e: result['torch_error'] = f'{type(e).__name__}: {e}'
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f'sync_bn{rank}.json').write_text(json.dumps(result))
+
+
 if __name__ == '__main__':
-    main(sys.argv[1])
+    sync_bn(sys.argv[1]) if sys.argv[2:] == ['sync_bn'] else main(sys.argv[1])

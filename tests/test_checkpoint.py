@@ -324,6 +324,25 @@ def test_tied_weights_round_trip(tmp_path):
     fresh = Tied()
     load_checkpoint(p, fresh)  # strict: the removed alias counts as present through the tie
     assert torch.equal(fresh.out.weight, m.emb.weight) and fresh.out.weight is fresh.emb.weight
+    assert list(load_checkpoint(p).state_dict) == ['emb.weight']
+
+
+def test_state_dict_comes_back_in_the_models_order(tmp_path):
+    "safetensors' loader returns names in hash-map order; load_checkpoint restores the saved state_dict() order."
+    m = nn.Sequential(*[nn.Sequential(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2)) for _ in range(12)])
+    order = list(m.state_dict())
+    loads = [list(load_checkpoint(save_checkpoint(m, path=tmp_path/f'ck{i}')).state_dict) for i in range(3)]
+    assert loads == [order] * 3
+    # a weights file without the recorded order (written by other tools) comes back sorted by name
+    from safetensors.torch import save_file
+    from core_models.versioning.checkpoint import WEIGHTS_NAME
+    p = tmp_path/'ck0'
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, p/WEIGHTS_NAME, metadata={'format': 'pt'})
+    meta = json.loads((p/'meta.json').read_text())
+    digest, size = sha256_file(p/WEIGHTS_NAME)
+    meta['files'][WEIGHTS_NAME] = {'sha256': digest, 'size': size}
+    (p/'meta.json').write_text(json.dumps(meta))
+    assert list(load_checkpoint(p).state_dict) == sorted(order)
 
 
 # -- meta.json --------------------------------------------------------------------------------------------------------

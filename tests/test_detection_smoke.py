@@ -48,3 +48,16 @@ def _train_and_predict():
         assert p['labels'].shape == (n,) and p['labels'].dtype == torch.int64 and (p['labels'] < num_classes).all()
         assert (p['boxes'][:, 2:] >= p['boxes'][:, :2]).all() and (p['boxes'] >= 0).all() and (p['boxes'] <= 64).all()
     assert sum(len(p['scores']) for p in preds) > 0
+
+    # predict is decode (candidates above score_thresh, before NMS) then suppress (class-wise NMS, top-k)
+    with torch.no_grad():
+        feats = model.forward_features(images)
+        pyramid = head.pyramid(feats)
+        dense = head.forward_dense(feats)
+        candidates = head.decode(dense, images.shape[-2:])
+    assert list(pyramid) == ['p2', 'p3'] and [p.shape[1] for p in pyramid.values()] == [32, 32]
+    assert dense['level_sizes'] == [p.shape[-2] * p.shape[-1] for p in pyramid.values()]
+    for c, p in zip(candidates, head.suppress(candidates)):
+        assert (c['scores'] > head.config.score_thresh).all() and len(c['scores']) >= len(p['scores'])
+    for c, p in zip(head.suppress(candidates), preds):
+        assert all(torch.equal(c[k], p[k]) for k in ('boxes', 'scores', 'labels'))

@@ -13,17 +13,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(cmd, out):
+def run(cmd, out, *args):
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(HERE.parent)}
     for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'): env.pop(k, None)
-    r = subprocess.run(cmd + [str(SCRIPT), str(out)], env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(cmd + [str(SCRIPT), str(out), *args], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f'{cmd} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}'
+
+
+def torchrun():
+    return [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--nnodes=1',
+            '--master_addr=127.0.0.1', f'--master_port={free_port()}']
 
 
 def test_two_processes_match_one(tmp_path):
     ddp, single = tmp_path / 'ddp', tmp_path / 'single'
-    run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--nnodes=1',
-         '--master_addr=127.0.0.1', f'--master_port={free_port()}'], ddp)
+    run(torchrun(), ddp)
     run([sys.executable], single)
 
     r0, r1, one = (torch.load(p, weights_only=True) for p in (ddp / 'rank0.pt', ddp / 'rank1.pt', single / 'rank0.pt'))
@@ -45,3 +49,13 @@ def test_two_processes_match_one(tmp_path):
     # only rank 0 writes checkpoints and logs
     assert (ddp / 'ckpt_rank0' / 'last.json').is_file() and (ddp / 'live_rank0' / 'metrics.json').is_file()
     assert not (ddp / 'ckpt_rank1').exists() and not (ddp / 'live_rank1').exists()
+
+
+def test_sync_batchnorm_is_refused_on_cpu(tmp_path):
+    "torch's SyncBatchNorm needs CUDA: on 2 gloo CPU processes the Trainer stops at once with one clear error."
+    run(torchrun(), tmp_path, 'sync_bn')
+    r0, r1 = (json.loads((tmp_path / f'sync_bn{r}.json').read_text()) for r in (0, 1))
+    assert r0 == r1 and r0['distributed'] == 2
+    assert r0['trainer_error'].startswith('TrainConfig: `sync_batchnorm` expected False for a distributed run on cpu'), r0
+    # the reason: torch itself refuses it (if this fails, torch now syncs BatchNorm on CPU and the option can allow it)
+    assert r0['torch_error'] == 'ValueError: SyncBatchNorm layers only work with GPU modules', r0

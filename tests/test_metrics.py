@@ -124,6 +124,17 @@ def test_batching_and_reset_do_not_change_result():
     assert m.compute() == one
 
 
+def test_class_names_name_the_table_not_the_numbers():
+    preds, targets = scene(5)
+    names = ['car', 'person', 'bike', 'dog']
+    named = MeanAveragePrecision(class_names=names).update(preds, targets)
+    assert named.compute() == MeanAveragePrecision().update(preds, targets).compute()
+    rows = [l.split('|')[1].strip() for l in named._repr_markdown_().splitlines() if l.startswith('| ') and l != '| class | boxes | AP |']
+    assert rows == [names[c] for c in named.compute()['classes']] and len(rows) == 4
+    with pytest.raises(ValueError, match=r"\['labels'\]: expected values in 0..1 \(the ids of the 2 class_names\), got \d+..\d+"):
+        MeanAveragePrecision(class_names=names[:2]).update(preds, targets)
+
+
 def test_thresholds_are_numpys():
     assert (COCO_IOU_THRESHOLDS.numpy() == np.linspace(.5, .95, 10)).all()
     assert (COCO_RECALL_THRESHOLDS.numpy() == np.linspace(0, 1, 101)).all()

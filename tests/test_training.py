@@ -133,6 +133,7 @@ def test_detection_smoke():
     assert {'train_loss', 'val_loss', 'val_map', 'val_map_50', 'val_map_75', 'val_mar_100'} <= set(h[0])
     assert torch.isfinite(torch.tensor([h[0]['train_loss'], h[0]['val_loss']])).all()
     assert m.training  # evaluation restored the mode it found
+    assert t.last_evaluation.class_names == ['circle', 'square', 'triangle']  # 3 head classes = the dataset's 3
 
 
 def test_segmentation_smoke():
@@ -143,3 +144,77 @@ def test_segmentation_smoke():
     h = Trainer(m, train, val, config=TrainConfig(epochs=1, batch_size=4, lr=1e-3, progress=False)).fit()
     assert {'train_loss', 'val_loss', 'val_miou', 'val_pixel_acc', 'val_mean_acc'} <= set(h[0])
     assert 0 <= h[0]['val_miou'] <= 1
+
+
+def test_segmentation_metrics_name_background_and_classes():
+    "A 4-class segmenter on ShapesDataset (3 shapes): rows are background + the dataset's classes, also through a Subset."
+    from core_models.architectures.segmentation import SegmentationArchitecture
+    seed_everything(0)
+    m = SegmentationArchitecture({'num_classes': 4, 'channels': 16}, backbone='simple_cnn')
+    val = ShapesDataset('val', n=4, size=32, task='segmentation')
+    t = Trainer(m, val, config=TrainConfig(epochs=1, batch_size=4, progress=False))
+    for ds in (val, Subset(val, range(2))):
+        t.evaluate(ds)
+        assert t.last_evaluation.class_names == ['background', 'circle', 'square', 'triangle']
+        assert '| background |' in t.last_evaluation._repr_markdown_()
+
+
+def test_classification_metrics_take_the_dataset_classes_through_a_subset():
+    t = Trainer(model(), digits(32), config=TrainConfig(epochs=1, batch_size=16, progress=False))
+    t.evaluate(digits(20, train=False))
+    assert t.last_evaluation.class_names == [str(d) for d in range(10)]
+
+
+class CheckpointedMLP(torch.nn.Module):
+    "The grad-checkpointing contract: `set_grad_checkpointing(enable=True)` switches checkpointing of its blocks."
+    task = 'classification'
+    def __init__(self):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Linear(256 if i == 0 else 32, 32), torch.nn.GELU()) for i in range(2))
+        self.fc, self.grad_checkpointing, self.calls = torch.nn.Linear(32, 10), False, []
+    def set_grad_checkpointing(self, enable=True):
+        self.calls.append(enable); self.grad_checkpointing = enable
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+        x = x.flatten(1)
+        for b in self.blocks: x = checkpoint(b, x, use_reentrant=False) if self.grad_checkpointing and self.training else b(x)
+        return self.fc(x)
+
+
+def test_grad_checkpointing_calls_the_model_and_changes_nothing_else():
+    runs = []
+    for on in (False, True):
+        seed_everything(0)
+        t = Trainer(CheckpointedMLP(), digits(), config=TrainConfig(epochs=1, batch_size=16, progress=False, grad_checkpointing=on))
+        t.fit(); runs.append(t)
+    assert runs[0].model.calls == [] and runs[1].model.calls == [True]
+    assert same(runs[0].model, runs[1].model)
+    assert runs[0].history[0]['train_loss'] == runs[1].history[0]['train_loss']
+    assert runs[0].run_config() != runs[1].run_config()  # BatchNorm in a recomputed block updates its statistics twice
+
+
+def test_grad_checkpointing_refuses_a_model_without_the_method():
+    with pytest.raises(ConfigError, match=r'`grad_checkpointing` expected False .* the model, a Sequential, has none'):
+        Trainer(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 10)), digits(), grad_checkpointing=True)
+
+
+@pytest.mark.parametrize('kind', ['architecture', 'backbone'])
+def test_grad_checkpointing_on_kit_models(kind):
+    "A kit architecture (and a bare backbone, a classifier on its own) trained with checkpointed blocks: the same parameters."
+    from core_models import create_backbone
+    runs = []
+    for on in (False, True):
+        m = model() if kind == 'architecture' else (seed_everything(0), create_backbone('simple_cnn', in_chans=1, num_classes=10))[1]
+        t = Trainer(m, digits(32), config=TrainConfig(epochs=1, batch_size=16, progress=False, grad_checkpointing=on))
+        t.fit(); runs.append(t)
+    assert (runs[0].model.grad_checkpointing, runs[1].model.grad_checkpointing) == (False, True)
+    p0, p1 = dict(runs[0].model.named_parameters()), dict(runs[1].model.named_parameters())
+    assert p0.keys() == p1.keys() and all(torch.equal(p0[k], p1[k]) for k in p0)
+    assert runs[0].history[0]['train_loss'] == runs[1].history[0]['train_loss']
+
+
+def test_sync_batchnorm_in_one_process_is_a_noop_with_a_note(capsys):
+    m = model()
+    t = Trainer(m, digits(32), config=TrainConfig(epochs=1, batch_size=16, progress=False, sync_batchnorm=True))
+    assert 'sync_batchnorm=True has no effect in a single process' in capsys.readouterr().out
+    assert t.model is m and not any(isinstance(x, torch.nn.SyncBatchNorm) for x in m.modules())

@@ -6,10 +6,9 @@ Docs: https://core-models.github.io/core-models/architectures/base.html.md"""
 
 # %% ../../nbs/architectures/00_base.ipynb #971a9053
 from __future__ import annotations
-import difflib, fnmatch
 from dataclasses import dataclass, fields
 import torch, torch.nn as nn
-from ..config import Configurable, ComponentConfig, config_field, ConfigError, check_shape, config_as_dict
+from ..config import Configurable, ComponentConfig, config_field, ConfigError, check_shape, config_as_dict, NameRegistry
 from ..summary import summary, ModelSummary
 from ..backbones.base import Backbone, FeatureInfo, create_backbone, get_backbone_entry
 from ..heads.base import Head, create_head
@@ -18,32 +17,24 @@ from ..heads.base import Head, create_head
 __all__ = ['register_architecture', 'list_architectures', 'get_architecture_class', 'ArchitectureConfig', 'BaseArchitecture']
 
 # %% ../../nbs/architectures/00_base.ipynb #0cf4dd94
-_ARCHITECTURES: dict[str, type] = {}
-_ARCH_ALIASES: dict[str, str] = {}
+_ARCHITECTURES = NameRegistry('architecture')
 
 def register_architecture(cls:type|None=None, *, name:str|None=None, aliases:tuple=()):
     "Class decorator: register an architecture class under `name` (default: the class name) and `aliases`."
     def deco(cls):
         if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
             raise TypeError(f'register_architecture: expected an nn.Module subclass, got {cls!r}')
-        n = name or cls.__name__
-        _ARCHITECTURES[n] = cls
-        cls.registered_name = n
-        for a in aliases: _ARCH_ALIASES[a] = n
-        return cls
+        cls.registered_name = name or cls.__name__
+        return _ARCHITECTURES.register(cls.registered_name, cls, aliases)
     return deco(cls) if cls is not None else deco
 
 def list_architectures(pattern:str='*') -> list[str]:
     "Sorted names and aliases of the registered architectures matching `pattern`."
-    return sorted(n for n in [*_ARCHITECTURES, *_ARCH_ALIASES] if fnmatch.fnmatch(n, pattern))
+    return _ARCHITECTURES.names(pattern)
 
 def get_architecture_class(name:str) -> type:
     "The architecture class registered as `name` (or aliased so)."
-    key = _ARCH_ALIASES.get(name, name)
-    if key not in _ARCHITECTURES:
-        close = difflib.get_close_matches(name, list_architectures(), n=3, cutoff=0.5)
-        raise KeyError(f"unknown architecture {name!r}; {'closest: ' + ', '.join(close) if close else 'known: ' + ', '.join(list_architectures())}")
-    return _ARCHITECTURES[key]
+    return _ARCHITECTURES.get(name)
 
 # %% ../../nbs/architectures/00_base.ipynb #f3c57860
 @dataclass
@@ -187,6 +178,20 @@ class BaseArchitecture(Configurable, nn.Module):
         super().train(mode)
         if getattr(self, '_frozen', False): self.backbone.eval()
         return self
+
+    def set_grad_checkpointing(self, enable:bool=True):
+        "Recompute the backbone's blocks in the backward pass instead of keeping their activations (see `Backbone.set_grad_checkpointing`)."
+        b = getattr(self, 'backbone', None)
+        if callable(getattr(b, 'set_grad_checkpointing', None)): b.set_grad_checkpointing(enable)
+        elif enable:
+            raise TypeError(f'{type(self).__name__}.set_grad_checkpointing: expected a backbone that supports gradient checkpointing '
+                            f'(a core_models Backbone, or a module with set_grad_checkpointing), got {"no backbone" if b is None else type(b).__name__}')
+        return self
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        "Whether the backbone's blocks are recomputed in the backward pass."
+        return bool(getattr(getattr(self, 'backbone', None), 'grad_checkpointing', False))
 
     def param_groups(self, lr:float, weight_decay:float=0.05, backbone_lr_mult:float=1.0) -> list[dict]:
         "Optimizer parameter groups: backbone vs the rest (lr x `backbone_lr_mult`), no weight decay on 1-D params (norms, biases, tokens)."

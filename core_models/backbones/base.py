@@ -6,12 +6,13 @@ Docs: https://core-models.github.io/core-models/backbones/base.html.md"""
 
 # %% ../../nbs/backbones/00_base.ipynb #971a9053
 from __future__ import annotations
-import fnmatch, difflib, math, warnings
+import math, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 import torch, torch.nn as nn, torch.nn.functional as F
-from ..config import Configurable, ComponentConfig, config_field, ConfigError, check_shape
+from torch.utils.checkpoint import checkpoint
+from ..config import Configurable, ComponentConfig, config_field, ConfigError, check_shape, NameRegistry
 from ..blocks.conv import ConvBlock
 from ..summary import summary, ModelSummary
 
@@ -49,6 +50,12 @@ class BackboneConfig(ComponentConfig):
     drop_path_rate: float = config_field(0.0, doc='stochastic depth rate of the last block', ge=0, lt=1)
     img_size: int | tuple[int, int] | None = config_field(None, doc='input size the model is built for (convnets take any size)')
 
+def _flat_blocks(m:nn.Module):
+    "The blocks of `m`: the leaves of nested plain `nn.Sequential`s, or `m` itself."
+    if type(m) is nn.Sequential:
+        for c in m: yield from _flat_blocks(c)
+    else: yield m
+
 class Backbone(Configurable, nn.Module):
     "Base of every backbone family: features, head, classifier reset and the `default_cfg`."
     Config = BackboneConfig
@@ -56,10 +63,24 @@ class Backbone(Configurable, nn.Module):
                              first_conv='', classifier='fc')
     feature_info: FeatureInfo
     num_features: int
+    grad_checkpointing: bool = False  # recompute each block in the backward pass instead of keeping its activations
 
     def forward_stages(self, x) -> list[torch.Tensor]:
         "Every level's feature map, in the order of `feature_info`."
         raise NotImplementedError
+
+    def run_blocks(self, blocks:nn.Module, x:torch.Tensor) -> torch.Tensor:
+        "`blocks(x)`; with `grad_checkpointing` on, in training and with grad enabled, each block (nested `nn.Sequential`s flattened) is checkpointed."
+        if not (self.grad_checkpointing and self.training and torch.is_grad_enabled()): return blocks(x)
+        for block in _flat_blocks(blocks): x = checkpoint(block, x, use_reentrant=False)
+        return x
+
+    def set_grad_checkpointing(self, enable:bool=True):
+        "Trade compute for memory in training: keep only each block's input and recompute its activations in the backward pass (timm's switch)."
+        if not isinstance(enable, bool):
+            raise TypeError(f'{type(self).__name__}.set_grad_checkpointing: expected enable to be a bool, got {enable!r}')
+        self.grad_checkpointing = enable
+        return self
 
     def forward_features(self, x) -> torch.Tensor:
         "The last feature map, before pooling."
@@ -149,10 +170,10 @@ class SimpleCNN(Backbone):
         check_shape(x, ('B', self.config.in_chans, 'H', 'W'), where=type(self).__name__)
         x, out = self.stem(x), []
         for stage in self.stages:
-            x = stage(x); out.append(x)
+            x = self.run_blocks(stage, x); out.append(x)
         return out
 
-# %% ../../nbs/backbones/00_base.ipynb #7a279182
+# %% ../../nbs/backbones/00_base.ipynb #8211cdfa
 @dataclass
 class BackboneEntry:
     "A registered backbone: its name, builder, family, aliases and torchvision twin."
@@ -162,36 +183,30 @@ class BackboneEntry:
     aliases: tuple[str, ...] = ()
     torchvision: str | None = None
 
-_BACKBONES: dict[str, BackboneEntry] = {}
-_ALIASES: dict[str, str] = {}
+_BACKBONES = NameRegistry('backbone', n_close=4, lister='list_backbones')
 
 def register_backbone(fn:Callable|None=None, *, name:str|None=None, aliases:tuple=(), torchvision:str|None=None,
                       family:str|None=None):
     "Decorator: register a builder `fn(**overrides) -> Backbone` under `name` (default: the function's name)."
     def deco(fn):
         n = name or fn.__name__
-        if n in _BACKBONES and _BACKBONES[n].builder is not fn:
+        old = _BACKBONES.entries.get(n)
+        if old is not None and old.builder is not fn:
             warnings.warn(f'register_backbone: {n!r} was registered already; the new builder replaces it')
-        _BACKBONES[n] = BackboneEntry(n, fn, family or fn.__module__.rsplit('.', 1)[-1], tuple(aliases), torchvision)
-        for a in aliases: _ALIASES[a] = n
+        _BACKBONES.register(n, BackboneEntry(n, fn, family or fn.__module__.rsplit('.', 1)[-1], tuple(aliases), torchvision), aliases)
         return fn
     return deco(fn) if fn is not None else deco
 
 def list_backbones(pattern:str='*') -> list[str]:
     "Sorted names of the registered backbones matching the glob `pattern` (e.g. `'resnet*'`)."
-    return sorted(n for n in _BACKBONES if fnmatch.fnmatch(n, pattern))
+    return _BACKBONES.names(pattern, aliases=False)
 
 def get_backbone_entry(name:str) -> BackboneEntry:
     "The registry entry of `name` (or of the backbone it is an alias of)."
     if not isinstance(name, str): raise TypeError(f'create_backbone: expected a backbone name (str), got {name!r}')
-    key = _ALIASES.get(name, name)
-    if key not in _BACKBONES:
-        close = difflib.get_close_matches(name, [*_BACKBONES, *_ALIASES], n=4, cutoff=0.5)
-        hint = f"; closest: {', '.join(close)}" if close else f"; list_backbones() shows the {len(_BACKBONES)} names"
-        raise KeyError(f'unknown backbone {name!r}{hint}')
-    return _BACKBONES[key]
+    return _BACKBONES.get(name)
 
-# %% ../../nbs/backbones/00_base.ipynb #054eec77
+# %% ../../nbs/backbones/00_base.ipynb #8da19a09
 @register_backbone(aliases=('cnn',))
 def simple_cnn(**kwargs):
     "SimpleCNN with three stages of one ConvBlock (32, 64, 128 channels)."
@@ -202,7 +217,7 @@ def simple_cnn_deep(**kwargs):
     "SimpleCNN with three stages of two ConvBlocks (32, 64, 128 channels)."
     return SimpleCNN(**{"depths": (2, 2, 2), **kwargs})
 
-# %% ../../nbs/backbones/00_base.ipynb #d06cfb58
+# %% ../../nbs/backbones/00_base.ipynb #af8d9c80
 class WeightsError(ValueError):
     "Weights could not be found, read or matched to the model."
 
@@ -232,7 +247,7 @@ def read_state_dict(weights, *, torchvision_name:str|None=None) -> dict:
     if not isinstance(sd, dict): raise WeightsError(f'{str(p)!r} holds a {type(sd).__name__}, not a state_dict')
     return sd
 
-# %% ../../nbs/backbones/00_base.ipynb #3fb571b5
+# %% ../../nbs/backbones/00_base.ipynb #a56e26e4
 def adapt_input_conv(weight:torch.Tensor, in_chans:int) -> torch.Tensor:
     "Stem conv `weight` (out, 3, kh, kw) adapted to `in_chans` input channels."
     c = weight.shape[1]
@@ -241,7 +256,7 @@ def adapt_input_conv(weight:torch.Tensor, in_chans:int) -> torch.Tensor:
     reps = math.ceil(in_chans / c)
     return weight.repeat(1, reps, 1, 1)[:, :in_chans] * (c / in_chans)
 
-# %% ../../nbs/backbones/00_base.ipynb #8da19a09
+# %% ../../nbs/backbones/00_base.ipynb #aba1ddd1
 def load_weights(model:Backbone, weights, *, torchvision_name:str|None=None, strict:bool=True):
     "Load `weights` (see `read_state_dict`) into `model`, mapping keys, adapting the stem and dropping a mismatched classifier."
     sd = model.convert_state_dict(read_state_dict(weights, torchvision_name=torchvision_name))
@@ -261,7 +276,7 @@ def load_weights(model:Backbone, weights, *, torchvision_name:str|None=None, str
                            f'{"..." if len(missing) > 5 else ""}, unexpected {bad[:5]}{"..." if len(bad) > 5 else ""}')
     return model
 
-# %% ../../nbs/backbones/00_base.ipynb #70aae193
+# %% ../../nbs/backbones/00_base.ipynb #e760e887
 def create_backbone(name:str, *, num_classes:int=0, in_chans:int=3, features_only:bool=False, out_indices=None,
                     weights=None, img_size=None, **overrides) -> Backbone:
     "Build the registered backbone `name` (or alias), optionally loading `weights`."

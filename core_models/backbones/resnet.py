@@ -79,14 +79,14 @@ class ResNet(Backbone):
         check_shape(x, ('B', self.config.in_chans, 'H', 'W'), where=type(self).__name__)
         x, out = self.maxpool(self.stem(x)), []
         for stage in self.stages:
-            x = stage(x); out.append(x)
+            x = self.run_blocks(stage, x); out.append(x)
         return out
 
     def convert_state_dict(self, state_dict:dict) -> dict:
         "torchvision's ResNet keys mapped to ours (see `torchvision_resnet_keys`); our own keys pass unchanged."
         return {torchvision_resnet_keys(k): v for k, v in state_dict.items()}
 
-# %% ../../nbs/backbones/01_resnet.ipynb #d43701f8
+# %% ../../nbs/backbones/01_resnet.ipynb #d44f4c1a
 _TV_RESNET_STEM_KEYS = [(r'^conv1\.weight$', 'stem.conv.weight'), (r'^bn1\.', 'stem.norm.')]
 
 def torchvision_resnet_keys(key:str) -> str:
@@ -95,7 +95,7 @@ def torchvision_resnet_keys(key:str) -> str:
         if re.match(pat, key): return re.sub(pat, rep, key)
     return torchvision_resnet_block_keys(key)
 
-# %% ../../nbs/backbones/01_resnet.ipynb #dbf69751
+# %% ../../nbs/backbones/01_resnet.ipynb #77f82b5c
 def _resnet(block, layers, kwargs, **variant) -> ResNet:
     return ResNet(dict(block=block, layers=layers, **variant), **kwargs)
 

@@ -114,7 +114,7 @@ def embed(self:VisionTransformer, x:torch.Tensor) -> tuple[torch.Tensor, tuple[i
 @patch
 def forward_features(self:VisionTransformer, x:torch.Tensor) -> torch.Tensor:
     "Normalised tokens `(B, 1 + N, C)` after the last block, class token first."
-    return self.norm(self.blocks(self.embed(x)[0]))
+    return self.norm(self.run_blocks(self.blocks, self.embed(x)[0]))
 
 # %% ../../nbs/backbones/02_vit.ipynb #b3faa348
 @patch
@@ -131,14 +131,14 @@ def forward_stages(self:VisionTransformer, x:torch.Tensor) -> list[torch.Tensor]
     x, (gh, gw) = self.embed(x)
     maps, wanted = [], set(self.feature_blocks)
     for i, block in enumerate(self.blocks[:max(self.feature_blocks) + 1]):
-        x = block(x)
+        x = self.run_blocks(block, x)
         if i in wanted: maps.append(x[:, self.num_prefix_tokens:].transpose(1, 2).reshape(x.shape[0], -1, gh, gw))
     maps = [maps[sorted(wanted).index(b)] for b in self.feature_blocks]
     if self.config.feature_pyramid:
         maps = [resample_to_stride(m, self.patch_size, s) for m, s in zip(maps, self.feature_info.reduction())]
     return maps
 
-# %% ../../nbs/backbones/02_vit.ipynb #c10e14d7
+# %% ../../nbs/backbones/02_vit.ipynb #a86ad87a
 VIT_VARIANTS = dict(
     vit_tiny_16=dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, mlp_dim=768),
     vit_small_16=dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, mlp_dim=1536),
@@ -187,7 +187,7 @@ def vit_h_14(**kwargs):
     "ViT-H/14: 1280 wide, 32 blocks, 16 heads, patches of 14."
     return _vit('vit_h_14', kwargs)
 
-# %% ../../nbs/backbones/02_vit.ipynb #e90ec844
+# %% ../../nbs/backbones/02_vit.ipynb #cabc084c
 TORCHVISION_VIT_KEYS = {
     'class_token': 'cls_token',
     'encoder.pos_embedding': 'pos_embed.pos_embed',
@@ -212,7 +212,7 @@ def convert_state_dict(self:VisionTransformer, state_dict:dict) -> dict:
         sd['pos_embed.pos_embed'] = resample_position_embedding(pos, self.grid_size, self.num_prefix_tokens)
     return sd
 
-# %% ../../nbs/backbones/02_vit.ipynb #89fa13da
+# %% ../../nbs/backbones/02_vit.ipynb #b467faad
 @patch
 def class_token_attention(self:VisionTransformer, x:torch.Tensor, block:int=-1) -> torch.Tensor:
     "Attention of the class token over the patch grid in `block`, `(B, heads, H/p, W/p)` (each head's row sums to 1 with the class token's own share)."

@@ -6,10 +6,10 @@ Docs: https://core-models.github.io/core-models/heads/base.html.md"""
 
 # %% ../../nbs/heads/00_base.ipynb #971a9053
 from __future__ import annotations
-import difflib, fnmatch, warnings
+import warnings
 from typing import Callable
 import torch, torch.nn as nn
-from ..config import Configurable, ComponentConfig, config_field, ConfigError, config_as_dict
+from ..config import Configurable, ComponentConfig, config_field, ConfigError, config_as_dict, NameRegistry
 from ..backbones.base import FeatureInfo
 
 # %% auto #0
@@ -39,32 +39,24 @@ class Head(Configurable, nn.Module):
     def attached(self) -> bool: return self.feature_info is not None
 
 # %% ../../nbs/heads/00_base.ipynb #60e29dcd
-_HEADS: dict[str, type[Head]] = {}
-_HEAD_ALIASES: dict[str, str] = {}
+_HEADS = NameRegistry('head')
 
 def register_head(cls:type|None=None, *, name:str|None=None, aliases:tuple=()):
     "Class decorator: register a `Head` subclass under `name` (default: the class name) and `aliases`."
     def deco(cls):
         if not (isinstance(cls, type) and issubclass(cls, Head)):
             raise TypeError(f'register_head: expected a subclass of Head, got {cls!r}')
-        n = name or cls.__name__
-        _HEADS[n] = cls
-        cls.registered_name = n
-        for a in aliases: _HEAD_ALIASES[a] = n
-        return cls
+        cls.registered_name = name or cls.__name__
+        return _HEADS.register(cls.registered_name, cls, aliases)
     return deco(cls) if cls is not None else deco
 
 def list_heads(pattern:str='*') -> list[str]:
     "Sorted names and aliases of the registered heads matching `pattern`."
-    return sorted(n for n in [*_HEADS, *_HEAD_ALIASES] if fnmatch.fnmatch(n, pattern))
+    return _HEADS.names(pattern)
 
 def get_head_class(name:str) -> type[Head]:
     "The registered head class called `name` (or aliased so)."
-    key = _HEAD_ALIASES.get(name, name)
-    if key not in _HEADS:
-        close = difflib.get_close_matches(name, list_heads(), n=3, cutoff=0.5)
-        raise KeyError(f"unknown head {name!r}; {'closest: ' + ', '.join(close) if close else 'known: ' + ', '.join(list_heads())}")
-    return _HEADS[key]
+    return _HEADS.get(name)
 
 def create_head(spec, config=None, **overrides) -> Head:
     "A head from a `Head` instance, a registered name, or a dict `{'name': ..., **fields}`; `config` is a shared config."

@@ -21,7 +21,7 @@ from .base import Head, register_head
 
 # %% auto #0
 __all__ = ['level_points', 'fcos_size_ranges', 'ltrb_distances', 'fcos_assign', 'centerness', 'DetectionHeadConfig',
-           'DetectionHead']
+           'DetectionHead', 'fpn_level_name']
 
 # %% ../../nbs/heads/02_detector.ipynb #96c175be
 def level_points(size:tuple[int, int], # (h, w) of a feature map
@@ -153,6 +153,11 @@ class DetectionHead(Head):
         self.size_ranges = fcos_size_ranges(self.strides, c.size_ratio)
 
 # %% ../../nbs/heads/02_detector.ipynb #d291fef4
+def fpn_level_name(stride:int) -> str:
+    "The FPN paper's name of the pyramid level at `stride`: `p3` for 8, `p4` for 16, ...; `s<stride>` when it isn't a power of two."
+    return f'p{stride.bit_length() - 1}' if stride > 0 and stride & (stride - 1) == 0 else f's{stride}'
+
+# %% ../../nbs/heads/02_detector.ipynb #30ef2257
 @patch
 def check_features(self:DetectionHead, features) -> list[torch.Tensor]:
     "`features` as a list of maps matching the attached levels' channels, or a `ShapeError`."
@@ -168,10 +173,15 @@ def check_features(self:DetectionHead, features) -> list[torch.Tensor]:
     return list(features)
 
 @patch
+def pyramid(self:DetectionHead, features:list[torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
+    "The FPN's outputs, the maps the towers read: one `fpn_channels`-wide map per level, finest first, named by stride (`p3` is stride 8)."
+    maps = self.fpn(OrderedDict((str(i), f) for i, f in enumerate(self.check_features(features)))).values()
+    return OrderedDict(zip(map(fpn_level_name, self.strides), maps))
+
+@patch
 def forward_dense(self:DetectionHead, features:list[torch.Tensor]) -> dict:
     "Per-point class logits, ltrb distances (pixels), centerness logits, points, strides and size ranges."
-    features = self.check_features(features)
-    pyramid = list(self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features))).values())
+    pyramid = list(self.pyramid(features).values())
     cls, ltrb, ctr, points, strides, ranges = [], [], [], [], [], []
     for p, stride, scale, rng in zip(pyramid, self.strides, self.scales, self.size_ranges):
         B, _, h, w = p.shape
@@ -188,7 +198,7 @@ def forward_dense(self:DetectionHead, features:list[torch.Tensor]) -> dict:
                 points=torch.cat(points), strides=torch.cat(strides), ranges=torch.cat(ranges),
                 level_sizes=[p.shape[-2] * p.shape[-1] for p in pyramid])
 
-# %% ../../nbs/heads/02_detector.ipynb #9dbf6d10
+# %% ../../nbs/heads/02_detector.ipynb #0e3656fc
 @patch
 def check_targets(self:DetectionHead, targets, batch_size:int) -> list[dict]:
     "`targets` in torchvision's format (one dict of `boxes` (N, 4) and `labels` (N,) per image) as plain tensors, or a `ValueError`."
@@ -241,16 +251,21 @@ def loss(self:DetectionHead, dense:dict, targets:list[dict]) -> dict[str, torch.
     loss_ctr = F.binary_cross_entropy_with_logits(pred_ctr, ctr_target, reduction='sum') / num_pos
     return dict(loss_cls=loss_cls, loss_box=loss_box, loss_ctr=loss_ctr)
 
-# %% ../../nbs/heads/02_detector.ipynb #0e3656fc
+# %% ../../nbs/heads/02_detector.ipynb #a02f480f
+def _image_sizes(dense:dict, image_size, batch_size:int) -> list[tuple[int, int]]:
+    "One (H, W) per image: `image_size` as given, or the padded input size read off the finest level's points."
+    if image_size is None:
+        half = dense['strides'][0].item() / 2
+        return [(math.ceil(dense['points'][:, 1].max().item() + half), math.ceil(dense['points'][:, 0].max().item() + half))] * batch_size
+    if isinstance(image_size[0], int): return [tuple(image_size)] * batch_size
+    return list(image_size)
+
 @patch
-def predict(self:DetectionHead, dense:dict, image_size=None) -> list[dict[str, torch.Tensor]]:
-    "Decoded detections `[{'boxes': (N, 4), 'scores': (N,), 'labels': (N,)}]` from `forward_dense`'s output."
+def decode(self:DetectionHead, dense:dict, image_size=None) -> list[dict[str, torch.Tensor]]:
+    "Candidates before NMS, `[{'boxes', 'scores', 'labels'}]` per image: per level the best `topk_candidates` scores above `score_thresh`."
     c = self.config
     B = len(dense['cls_logits'])
-    if image_size is None:  # the padded input size, from the finest level
-        image_size = [(math.ceil(dense['points'][:, 1].max().item() + dense['strides'][0].item() / 2),
-                       math.ceil(dense['points'][:, 0].max().item() + dense['strides'][0].item() / 2))] * B
-    elif isinstance(image_size[0], int): image_size = [tuple(image_size)] * B
+    image_size = _image_sizes(dense, image_size, B)
     scores_all = torch.sqrt(dense['cls_logits'].float().sigmoid() * dense['ctr_logits'].float().sigmoid()[..., None])
     out = []
     for i in range(B):
@@ -266,9 +281,22 @@ def predict(self:DetectionHead, dense:dict, image_size=None) -> list[dict[str, t
             boxes_i.append(clip_boxes_to_image(torch.cat([p - d[:, :2], p + d[:, 2:]], 1), image_size[i]))
             scores_i.append(scores); labels_i.append(cls)
         boxes, scores, labels = map(torch.cat, (boxes_i, scores_i, labels_i))
-        keep = batched_nms(boxes, scores, labels, c.nms_thresh)[:c.detections_per_img]
-        out.append(dict(boxes=boxes[keep], scores=scores[keep], labels=labels[keep]))
+        out.append(dict(boxes=boxes, scores=scores, labels=labels))
     return out
+
+@patch
+def suppress(self:DetectionHead, candidates:list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+    "The NMS step: class-wise NMS of `decode`'s candidates at `nms_thresh`, then the `detections_per_img` best, per image."
+    out = []
+    for d in candidates:
+        keep = batched_nms(d['boxes'], d['scores'], d['labels'], self.config.nms_thresh)[:self.config.detections_per_img]
+        out.append({k: v[keep] for k, v in d.items()})
+    return out
+
+@patch
+def predict(self:DetectionHead, dense:dict, image_size=None) -> list[dict[str, torch.Tensor]]:
+    "Detections `[{'boxes': (N, 4), 'scores': (N,), 'labels': (N,)}]` from `forward_dense`'s output: `suppress(decode(dense))`."
+    return self.suppress(self.decode(dense, image_size))
 
 @patch
 def forward(self:DetectionHead, features:list[torch.Tensor], image_size=None, targets=None):

@@ -17,9 +17,9 @@ import core_models
 from ..settings import get_settings
 
 # %% auto #0
-__all__ = ['WEIGHTS_NAME', 'STATE_NAME', 'META_NAME', 'FORMAT', 'FORMAT_VERSION', 'CheckpointError', 'sha256_file', 'to_jsonable',
-           'config_hash', 'rng_state', 'set_rng_state', 'git_info', 'save_checkpoint', 'verify_checkpoint',
-           'Checkpoint', 'load_checkpoint', 'CheckpointManager']
+__all__ = ['WEIGHTS_NAME', 'STATE_NAME', 'META_NAME', 'FORMAT', 'FORMAT_VERSION', 'KEYS_METADATA', 'CheckpointError',
+           'sha256_file', 'to_jsonable', 'config_hash', 'rng_state', 'set_rng_state', 'git_info', 'save_checkpoint',
+           'verify_checkpoint', 'Checkpoint', 'load_checkpoint', 'CheckpointManager']
 
 # %% ../../nbs/versioning/00_checkpoint.ipynb #9b474451
 WEIGHTS_NAME = 'model.safetensors'
@@ -27,6 +27,7 @@ STATE_NAME = 'training_state.pt'
 META_NAME = 'meta.json'
 FORMAT = 'core_models.checkpoint'
 FORMAT_VERSION = 1
+KEYS_METADATA = 'core_models.keys'  # the safetensors header entry listing the tensor names in state_dict() order
 
 class CheckpointError(ValueError):
     "A checkpoint is missing, damaged, unsafe to load, or does not match what it is loaded into."
@@ -215,7 +216,7 @@ def save_checkpoint(model:nn.Module, optimizer:torch.optim.Optimizer|None=None, 
                                'scaler': type(scaler).__name__ if scaler is not None else None},
             'versions': _versions(), 'git': git_info(), 'extra': extra}
     def write(d:Path):
-        _st_save_file(weights, d/WEIGHTS_NAME, metadata={'format': 'pt'})
+        _st_save_file(weights, d/WEIGHTS_NAME, metadata={'format': 'pt', KEYS_METADATA: json.dumps(list(weights))})
         torch.save(state, d/STATE_NAME)
         meta['files'] = {}
         for name in (WEIGHTS_NAME, STATE_NAME):
@@ -329,6 +330,15 @@ def _torch_load(data:bytes, name:Path, map_location):
         reason = m[1] if m else re.sub(r'\x1b\[[0-9;]*m', '', str(e).strip().splitlines()[0])
         raise CheckpointError(f'{str(name)!r} holds objects that weights_only loading refuses (nothing was executed): {reason}') from e
 
+def _saved_order(data:bytes, names) -> list[str]:
+    "The tensor `names` in the order `save_checkpoint` recorded in the safetensors header; sorted when none (or a wrong one) is recorded."
+    try:
+        n = int.from_bytes(data[:8], 'little')
+        order = json.loads(json.loads(data[8:8 + n])['__metadata__'][KEYS_METADATA])
+    except (ValueError, KeyError, TypeError): order = None
+    names = set(names)
+    return order if isinstance(order, list) and len(order) == len(names) and set(order) == names else sorted(names)
+
 def load_checkpoint(path:Path|str, model:nn.Module|None=None, optimizer=None, scheduler=None, scaler=None, *,
                     strict:bool=True, map_location=None, restore_rng:bool=False) -> Checkpoint:
     "Verify the checkpoint folder `path`, then restore what is given; returns a `Checkpoint` record."
@@ -340,6 +350,7 @@ def load_checkpoint(path:Path|str, model:nn.Module|None=None, optimizer=None, sc
             for name, entry in meta['files'].items()}  # every digest is checked before anything is deserialised
     try: sd = _st_load(data[WEIGHTS_NAME])
     except Exception as e: raise CheckpointError(f'{str(d/WEIGHTS_NAME)!r} is not a valid safetensors file: {e}') from e
+    sd = {k: sd[k] for k in _saved_order(data[WEIGHTS_NAME], sd)}
     if map_location is not None: sd = {k: v.to(map_location) for k, v in sd.items()}
     if model is not None:
         own = model.state_dict()
@@ -363,7 +374,7 @@ def load_checkpoint(path:Path|str, model:nn.Module|None=None, optimizer=None, sc
                       config_hash=meta.get('config_hash'), meta=meta, state_dict=sd if model is None else None,
                       recovered_from=recovered)
 
-# %% ../../nbs/versioning/00_checkpoint.ipynb #de835233
+# %% ../../nbs/versioning/00_checkpoint.ipynb #c7e30fa7
 _EPOCH_DIR = re.compile(r'^epoch_(\d+)$')
 
 def _write_json_atomic(f:Path, obj):

@@ -18,11 +18,11 @@ from ..data import DigitsDataset, ShapesDataset
 from .builder import figure_png
 
 # %% auto #0
-__all__ = ['EXPLORER_MODELS', 'PER_PAGE', 'sample_images', 'model_input_size', 'prepare_image', 'stage_names', 'capture',
-           'as_maps', 'vit_attentions', 'attention_rollout', 'grad_cam', 'FeatureMapExplorer', 'resolve_model',
-           'update']
+__all__ = ['EXPLORER_MODELS', 'PER_PAGE', 'sample_images', 'model_input_size', 'resolve_normalization', 'prepare_image',
+           'stage_names', 'capture', 'as_maps', 'vit_attentions', 'attention_rollout', 'grad_cam', 'FeatureMapExplorer',
+           'resolve_model', 'update']
 
-# %% ../../nbs/widgets/01_features.ipynb #8e36fbbc
+# %% ../../nbs/widgets/01_features.ipynb #104ec5d4
 def sample_images() -> dict[str, torch.Tensor]:
     "Bundled samples: one test digit per class and four test scenes of shapes, `(C, H, W)` in [0, 1]."
     d, s = DigitsDataset('test'), ShapesDataset('test', n=4)
@@ -44,20 +44,46 @@ def model_input_size(model:nn.Module, image:torch.Tensor) -> tuple[int, int, int
     if b is not None: return tuple(b.default_cfg['input_size'])
     return tuple(image.shape)
 
-def prepare_image(model:nn.Module, image:torch.Tensor) -> torch.Tensor:
-    "A batch of one `image` fitted to `model`: channels, size and normalisation."
+_NORMALIZE = "expected True (the backbone's default_cfg mean/std), False (raw [0, 1] pixels) or a (mean, std) pair"
+
+def _check_normalize(normalize):
+    if not (isinstance(normalize, bool) or (isinstance(normalize, (tuple, list)) and len(normalize) == 2)):
+        raise ValueError(f'normalize: {_NORMALIZE}, got {normalize!r}')
+
+def resolve_normalization(model:nn.Module, normalize=False, chans:int=3) -> tuple[torch.Tensor, torch.Tensor]|None:
+    "`(mean, std)`, one value per input channel, that `normalize` asks for (`True`: the backbone's `default_cfg`), or `None` for raw pixels."
+    _check_normalize(normalize)
+    if normalize is False: return None
+    if normalize is True:
+        b = _backbone(model)
+        if b is None: raise ValueError(f'normalize=True: {type(model).__name__} has no backbone default_cfg to take a mean/std from; '
+                                       f'pass normalize=(mean, std), or False for raw pixels')
+        normalize = b.default_cfg['mean'], b.default_cfg['std']
+    out = []
+    for name, v in zip(('mean', 'std'), normalize):
+        try: t = torch.as_tensor(v, dtype=torch.float32).flatten()
+        except (TypeError, ValueError, RuntimeError): raise ValueError(f'normalize: {_NORMALIZE}, got {normalize!r}') from None
+        if len(t) == 3 and chans == 1: t = t.mean(0, keepdim=True)  # a grey image is the mean of its RGB channels
+        if len(t) == 1: t = t.expand(chans)
+        if len(t) != chans: raise ValueError(f'normalize: {name} has {len(t)} values; expected 1 or {chans} (the model takes {chans} channels)')
+        out.append(t)
+    if not (out[1] > 0).all(): raise ValueError(f'normalize: expected std > 0, got {out[1].tolist()}')
+    return tuple(out)
+
+def prepare_image(model:nn.Module, image:torch.Tensor, normalize=False) -> torch.Tensor:
+    "A batch of one `image` fitted to `model`: channels, size, `normalize` (see `resolve_normalization`), then its device and dtype."
     c, h, w = model_input_size(model, image)
-    x = image.float()
+    norm = resolve_normalization(model, normalize, c)
+    x = image.as_subclass(torch.Tensor).float()
     if x.shape[0] != c: x = x.mean(0, keepdim=True).expand(c, -1, -1) if c != 1 else x.mean(0, keepdim=True)
     x = F.interpolate(x[None], size=(h, w), mode='bilinear', align_corners=False, antialias=True)
-    b = _backbone(model)
-    if b is not None:
-        mean, std = torch.tensor(b.default_cfg['mean']), torch.tensor(b.default_cfg['std'])
-        if c != 3: mean, std = mean.mean().expand(c), std.mean().expand(c)
-        x = (x - mean[:, None, None]) / std[:, None, None]
-    return x
+    if norm is not None:
+        mean, std = (t.to(x.device)[:, None, None] for t in norm)
+        x = (x - mean) / std
+    p = next(model.parameters(), None)
+    return x if p is None else x.to(p.device, p.dtype if p.is_floating_point() else x.dtype)
 
-# %% ../../nbs/widgets/01_features.ipynb #a22bbd86
+# %% ../../nbs/widgets/01_features.ipynb #3e36a056
 def _prefix(model): return 'backbone.' if isinstance(getattr(model, 'backbone', None), Backbone) else ''
 
 def stage_names(model:nn.Module) -> list[str]:
@@ -87,7 +113,7 @@ def as_maps(t:torch.Tensor, model:nn.Module) -> torch.Tensor:
     side = int(tokens.shape[1] ** 0.5)
     return tokens.transpose(1, 2).reshape(t.shape[0], t.shape[2], side, -1)
 
-# %% ../../nbs/widgets/01_features.ipynb #dda964b8
+# %% ../../nbs/widgets/01_features.ipynb #eee4b8be
 def vit_attentions(model:nn.Module, x:torch.Tensor) -> list[torch.Tensor]:
     "Every block's attention weights `(B, heads, 1 + N, 1 + N)` for input `x`."
     blocks = _backbone(model).blocks
@@ -101,41 +127,39 @@ def vit_attentions(model:nn.Module, x:torch.Tensor) -> list[torch.Tensor]:
 def attention_rollout(attentions:list[torch.Tensor]) -> torch.Tensor:
     "Rollout `(B, 1 + N, 1 + N)`: head-averaged attention plus identity, row-normalised, multiplied through the blocks."
     a = attentions[0].mean(1)
-    eye = torch.eye(a.shape[-1])
+    eye = torch.eye(a.shape[-1], device=a.device, dtype=a.dtype)
     rolled = eye.expand_as(a)
     for att in attentions:
         a = att.mean(1) + eye
         rolled = (a / a.sum(-1, keepdim=True)) @ rolled
     return rolled
 
-# %% ../../nbs/widgets/01_features.ipynb #f496c8da
+# %% ../../nbs/widgets/01_features.ipynb #41e43de7
 def grad_cam(model:nn.Module, x:torch.Tensor, layer:str, target:int|None=None) -> tuple[torch.Tensor, torch.Tensor]:
     "Grad-CAM of `layer` for class `target` (default: the top one): heat map `(H, W)` in [0, 1] at `x`'s size, and the logits."
-    store = {}
-    def fwd(m, i, o):
-        store['act'] = o
-        o.register_hook(lambda g: store.__setitem__('grad', g))
-    h = model.get_submodule(layer).register_forward_hook(fwd)
+    kept = {}
+    h = model.get_submodule(layer).register_forward_hook(lambda m, i, o: kept.__setitem__('act', o))
     try:
         with torch.enable_grad():
-            logits = model(x.requires_grad_(True))
+            logits = model(x.detach().requires_grad_(True))
             target = int(logits[0].argmax()) if target is None else target
-            model.zero_grad(set_to_none=True)
-            logits[0, target].backward()
+            grad, = torch.autograd.grad(logits[0, target], kept['act'])
     finally: h.remove()
-    act, grad = as_maps(store['act'].detach(), model), as_maps(store['grad'], model)
+    act, grad = as_maps(kept['act'].detach(), model), as_maps(grad, model)
     cam = F.relu((grad.mean((2, 3), keepdim=True) * act).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=x.shape[-2:], mode='bilinear', align_corners=False)[0, 0]
     return cam / cam.max().clamp_min(1e-12), logits.detach()
 
-# %% ../../nbs/widgets/01_features.ipynb #5b93325f
+# %% ../../nbs/widgets/01_features.ipynb #e0478b6a
 EXPLORER_MODELS = ('simple_cnn', 'resnet18', 'efficientnet_b0', 'vit_tiny_16')
 PER_PAGE = 16
 
 class FeatureMapExplorer(W.VBox):
     "Feature maps, ViT attention and Grad-CAM of a model on an image, with the top predictions."
-    def __init__(self, models=None, registry=None, image:str='digit 3', classes:list[str]|None=None, img_size:int=64):
-        self._hold, self.registry, self.classes, self.img_size = True, registry, classes, img_size
+    def __init__(self, models=None, registry=None, image:str='digit 3', classes:list[str]|None=None, img_size:int=64,
+                 normalize=False):
+        _check_normalize(normalize)
+        self._hold, self.registry, self.classes, self.img_size, self._normalize = True, registry, classes, img_size, normalize
         if isinstance(models, nn.Module): models = {type(models).__name__: models}
         self._models = dict(models or {})
         self.samples = sample_images()
@@ -150,7 +174,8 @@ class FeatureMapExplorer(W.VBox):
         self.plot = W.Image(format='png')
         self.predictions = W.HTML()
         self.status = W.HTML()
-        self.figure, self.current, self.last_update_s = None, None, None
+        self.figure = self.current = self.last_update_s = None
+        self.input = self.logits = self.maps = self.attention = self.rollout = self.cam = None
         super().__init__([W.HBox([self.image, self.upload, self.model]), self.view, W.HBox([self.layer, self.page]),
                           self.status, W.HBox([self.plot, self.predictions])])
         self.model.observe(lambda c: self._model_changed(), names='value')
@@ -159,7 +184,17 @@ class FeatureMapExplorer(W.VBox):
         self._hold = False
         self._model_changed()
 
-# %% ../../nbs/widgets/01_features.ipynb #d4c4ee2d
+    @property
+    def normalize(self):
+        "How images are normalised for the model (see `prepare_image`); setting it redraws."
+        return self._normalize
+    @normalize.setter
+    def normalize(self, value):
+        _check_normalize(value)
+        self._normalize = value
+        if not self._hold: self.update()
+
+# %% ../../nbs/widgets/01_features.ipynb #1c7c582f
 def resolve_model(self:FeatureMapExplorer, key:str) -> nn.Module:
     "The model behind a choice: one given, a registry version `name@version`, or a registered name (fresh weights)."
     if key not in self._models:
@@ -195,7 +230,7 @@ def _uploaded(self:FeatureMapExplorer):
 
 FeatureMapExplorer.resolve_model, FeatureMapExplorer._model_changed, FeatureMapExplorer._uploaded = resolve_model, _model_changed, _uploaded
 
-# %% ../../nbs/widgets/01_features.ipynb #3e381367
+# %% ../../nbs/widgets/01_features.ipynb #f5569ccc
 def _grid(fig:Figure, images:list, titles:list, ncols:int=4, cmap='viridis', base=None):
     n = max(len(images), 1)
     nrows = (n + ncols - 1) // ncols
@@ -209,17 +244,24 @@ def _grid(fig:Figure, images:list, titles:list, ncols:int=4, cmap='viridis', bas
 def _show_image(img:torch.Tensor):
     return img[0] if img.shape[0] == 1 else img.permute(1, 2, 0).clamp(0, 1)
 
+def _cpu(t:torch.Tensor) -> torch.Tensor: return t.detach().float().cpu()
+
+def _input_note(normalize) -> str:
+    if normalize is False: return 'raw pixels'
+    return "default_cfg mean/std" if normalize is True else f'mean {normalize[0]}, std {normalize[1]}'
+
 def update(self:FeatureMapExplorer):
-    "Redraw the chosen view and the predictions."
+    "Redraw the chosen view and the predictions; keep what was drawn (`input`, `logits`, `maps`, `attention`, `rollout`, `cam`)."
     t0 = time.perf_counter()
     m, img = self.current, self.samples[self.image.value]
-    x = prepare_image(m, img)
     view, layer = self.view.value, self.layer.value
     fig = Figure(figsize=(6, 4.2 if view in ('feature maps', 'attention') else 3.4), dpi=72)
+    shown = dict.fromkeys(('maps', 'attention', 'rollout', 'cam'))
     try:
+        x = prepare_image(m, img, self.normalize)
         if view == 'feature maps':
             logits, got = capture(m, x, [layer])
-            fmap = as_maps(got[layer], m)[0]
+            fmap = shown['maps'] = _cpu(as_maps(got[layer], m)[0])
             pages = max((fmap.shape[0] - 1) // PER_PAGE, 0)
             self._hold = True
             self.page.max = pages
@@ -229,36 +271,39 @@ def update(self:FeatureMapExplorer):
             _grid(fig, [fmap[c] for c in chans], [f'ch {c}' for c in chans])
             fig.suptitle(f'{layer}: {tuple(fmap.shape)}', fontsize=8)
         elif view in ('attention', 'rollout'):
-            logits = m(x).detach()
+            with torch.no_grad(): logits = m(x)
             atts = vit_attentions(m, x)
             g = as_maps(torch.zeros(1, atts[0].shape[-1], 1), m).shape[-2:]
             if view == 'attention':
-                a = atts[int(layer.rsplit('.', 1)[1])][0, :, 0, 1:]
-                _grid(fig, [h.reshape(g) for h in a], [f'head {i}' for i in range(len(a))], ncols=min(len(a), 4), cmap='inferno')
+                a = shown['attention'] = _cpu(atts[int(layer.rsplit('.', 1)[1])][0, :, 0, 1:]).reshape(-1, *g)
+                _grid(fig, list(a), [f'head {i}' for i in range(len(a))], ncols=min(len(a), 4), cmap='inferno')
                 fig.suptitle(f'class-token attention, {layer}', fontsize=8)
             else:
                 r = attention_rollout(atts)[0, 0, 1:].reshape(g)
-                r = F.interpolate(r[None, None], size=x.shape[-2:], mode='bilinear')[0, 0]
+                r = shown['rollout'] = _cpu(F.interpolate(r[None, None], size=x.shape[-2:], mode='bilinear')[0, 0])
                 _grid(fig, [_show_image(img), r], ['image', 'rollout'], ncols=2, cmap='inferno')
         else:
-            cam, logits = grad_cam(m, x.clone(), layer)
+            cam, logits = grad_cam(m, x, layer)
+            cam = shown['cam'] = _cpu(cam)
             top = int(logits[0].argmax())
             base = F.interpolate(img[None].float(), size=x.shape[-2:], mode='bilinear')[0]
             _grid(fig, [cam], [f'Grad-CAM of class {self._class(top)} at {layer}'], ncols=1, cmap='jet', base=_show_image(base))
     except Exception as e:
         self.status.value = f'<span style="color:#b00020">⚠ {html.escape(f"{type(e).__name__}: {e}")}</span>'
         return
-    self.figure = fig
+    self.figure, self.input = fig, x.detach().cpu()
+    self.logits = _cpu(logits) if isinstance(logits, torch.Tensor) else logits
+    for k, v in shown.items(): setattr(self, k, v)
     self.plot.value = figure_png(fig)
-    self.predictions.value = self._top(logits)
+    self.predictions.value = self._top(self.logits)
     self.last_update_s = time.perf_counter() - t0
-    self.status.value = f'{view} in {self.last_update_s * 1000:.0f} ms'
+    self.status.value = f'{view} in {self.last_update_s * 1000:.0f} ms, input: {html.escape(_input_note(self.normalize))}'
 
 def _class(self:FeatureMapExplorer, i:int) -> str:
     return self.classes[i] if self.classes and i < len(self.classes) else str(i)
 
 def _top(self:FeatureMapExplorer, logits, k:int=5) -> str:
-    if logits.ndim != 2: return ''
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2: return ''
     p = logits[0].float().softmax(-1)
     v, i = p.topk(min(k, p.numel()))
     rows = ''.join(f'<tr><td>{html.escape(self._class(int(c)))}</td><td style="text-align:right">{float(s):.1%}</td></tr>' for s, c in zip(v, i))
