@@ -61,7 +61,7 @@ release: install  ## register HEAD's model as NAME VERSION (e.g. make release NA
 # Quarto present: nbdev-docs. Absent (our machines): nbdev's processed notebooks rendered by nbconvert, with a sidebar.
 docs: install  ## README.md from nbs/index.ipynb, then the docs site in _docs/ (open _docs/index.html); see tools/
 	$(PY) tools/readme.py
-	$(PY) tools/build_docs.py
+	$(PY) tools/build_docs.py --strict
 
 lab: install  ## JupyterLab on this repo with the venv's kernel
 	$(BIN)/jupyter lab --notebook-dir=.

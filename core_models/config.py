@@ -193,7 +193,7 @@ class Configurable:
         "Build the component from a config (the output of `to_config`, or any shared config)."
         return cls(config, **overrides)
 
-# %% ../nbs/01_config.ipynb #4aba2659
+# %% ../nbs/01_config.ipynb #62e9f6a1
 class ShapeError(ValueError):
     "An input tensor has the wrong rank or size: names the component, the expected and the given shape."
 
@@ -207,7 +207,7 @@ def check_shape(x, *patterns, where:str) -> int:
         if x.ndim == len(p) and all(not isinstance(d, int) or d == s for d, s in zip(p, x.shape)): return i
     raise ShapeError(f'{where}: expected input of shape {" or ".join(map(_pattern, patterns))}, got {tuple(x.shape)}')
 
-# %% ../nbs/01_config.ipynb #41acf407
+# %% ../nbs/01_config.ipynb #001d396e
 def _describe(obj) -> str:
     "A registered thing as a registry table shows it: a class or function by name and first doc line."
     name = getattr(obj, '__qualname__', None)

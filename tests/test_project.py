@@ -66,3 +66,21 @@ def test_second_make_install_does_nothing():
     r = subprocess.run(['make', 'install'], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert 'up to date' in r.stdout and 'pip install' not in r.stdout, r.stdout
+
+def test_no_cell_mixes_imports_with_other_code():
+    """nbdev's doc processor runs every cell that imports something (to make `show_doc` work) and skips the rest,
+    so a lesson cell that also imports fails there with a NameError and its page loses the API reference
+    ("Found cells containing imports and other code", nbdev's FAQ). Imports go in cells of their own."""
+    import ast, json
+    bad = []
+    for nb in sorted((ROOT/'nbs').rglob('*.ipynb')):
+        if '.ipynb_checkpoints' in nb.parts: continue
+        for cell in json.loads(nb.read_text())['cells']:
+            if cell['cell_type'] != 'code': continue
+            src = ''.join(cell['source'])
+            if any(l.startswith('#|') and ('export' in l or 'exec_doc' in l) for l in src.splitlines()): continue
+            try: body = ast.parse('\n'.join(l for l in src.splitlines() if not l.lstrip().startswith(('%', '!')))).body
+            except SyntaxError: continue
+            kinds = {isinstance(n, (ast.Import, ast.ImportFrom)) for n in body}
+            if kinds == {True, False}: bad.append(f"{nb.relative_to(ROOT)} cell {cell.get('id')}: {src.splitlines()[0][:60]}")
+    assert not bad, 'cells that mix imports with other code (put the imports in a cell of their own):\n' + '\n'.join(bad)

@@ -163,6 +163,9 @@ def build(out:Path, proc_dir:Path, only:str|None=None, workers:int=2) -> dict[st
     out.mkdir(parents=True, exist_ok=True)
     render(pages, out)
     print(f'build_docs: rendered {len(pages)} pages to {out} in {time.time()-t0:.1f}s')
+    if only is None:  # a full build: pages of notebooks that were renamed or removed must not linger in the site
+        for stale in sorted(set(out.rglob('*.html')) - {out/p['html'] for p in pages}):
+            stale.unlink(); print(f'build_docs: removed {stale.relative_to(out)} (its notebook is gone)')
     return errors
 
 def main(argv=None):

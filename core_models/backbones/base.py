@@ -173,7 +173,7 @@ class SimpleCNN(Backbone):
             x = self.run_blocks(stage, x); out.append(x)
         return out
 
-# %% ../../nbs/backbones/00_base.ipynb #8211cdfa
+# %% ../../nbs/backbones/00_base.ipynb #8da19a09
 @dataclass
 class BackboneEntry:
     "A registered backbone: its name, builder, family, aliases and torchvision twin."
@@ -206,7 +206,7 @@ def get_backbone_entry(name:str) -> BackboneEntry:
     if not isinstance(name, str): raise TypeError(f'create_backbone: expected a backbone name (str), got {name!r}')
     return _BACKBONES.get(name)
 
-# %% ../../nbs/backbones/00_base.ipynb #8da19a09
+# %% ../../nbs/backbones/00_base.ipynb #93297f7b
 @register_backbone(aliases=('cnn',))
 def simple_cnn(**kwargs):
     "SimpleCNN with three stages of one ConvBlock (32, 64, 128 channels)."
@@ -217,7 +217,7 @@ def simple_cnn_deep(**kwargs):
     "SimpleCNN with three stages of two ConvBlocks (32, 64, 128 channels)."
     return SimpleCNN(**{"depths": (2, 2, 2), **kwargs})
 
-# %% ../../nbs/backbones/00_base.ipynb #af8d9c80
+# %% ../../nbs/backbones/00_base.ipynb #a9f46d47
 class WeightsError(ValueError):
     "Weights could not be found, read or matched to the model."
 
@@ -247,7 +247,7 @@ def read_state_dict(weights, *, torchvision_name:str|None=None) -> dict:
     if not isinstance(sd, dict): raise WeightsError(f'{str(p)!r} holds a {type(sd).__name__}, not a state_dict')
     return sd
 
-# %% ../../nbs/backbones/00_base.ipynb #a56e26e4
+# %% ../../nbs/backbones/00_base.ipynb #230a21cc
 def adapt_input_conv(weight:torch.Tensor, in_chans:int) -> torch.Tensor:
     "Stem conv `weight` (out, 3, kh, kw) adapted to `in_chans` input channels."
     c = weight.shape[1]
@@ -256,7 +256,7 @@ def adapt_input_conv(weight:torch.Tensor, in_chans:int) -> torch.Tensor:
     reps = math.ceil(in_chans / c)
     return weight.repeat(1, reps, 1, 1)[:, :in_chans] * (c / in_chans)
 
-# %% ../../nbs/backbones/00_base.ipynb #aba1ddd1
+# %% ../../nbs/backbones/00_base.ipynb #99693748
 def load_weights(model:Backbone, weights, *, torchvision_name:str|None=None, strict:bool=True):
     "Load `weights` (see `read_state_dict`) into `model`, mapping keys, adapting the stem and dropping a mismatched classifier."
     sd = model.convert_state_dict(read_state_dict(weights, torchvision_name=torchvision_name))
@@ -276,7 +276,7 @@ def load_weights(model:Backbone, weights, *, torchvision_name:str|None=None, str
                            f'{"..." if len(missing) > 5 else ""}, unexpected {bad[:5]}{"..." if len(bad) > 5 else ""}')
     return model
 
-# %% ../../nbs/backbones/00_base.ipynb #e760e887
+# %% ../../nbs/backbones/00_base.ipynb #a3aab303
 def create_backbone(name:str, *, num_classes:int=0, in_chans:int=3, features_only:bool=False, out_indices=None,
                     weights=None, img_size=None, **overrides) -> Backbone:
     "Build the registered backbone `name` (or alias), optionally loading `weights`."

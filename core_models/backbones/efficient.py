@@ -128,7 +128,7 @@ class EfficientNet(Backbone):
         check_shape(x, ('B', self.config.in_chans, 'H', 'W'), where=type(self).__name__)
         return self.conv_head(self.run_blocks(self.stages, self.stem(x)))
 
-# %% ../../nbs/backbones/03_efficient.ipynb #8c07e3ed
+# %% ../../nbs/backbones/03_efficient.ipynb #ca7b8be4
 EFFICIENTNET_V2_S_STAGES = (
     ('fused',  1, 3, 1,  24,  24,  2),
     ('fused',  4, 3, 2,  24,  48,  4),
@@ -173,7 +173,7 @@ EFFICIENTNET_VARIANTS: dict[str, dict] = {
     'efficientnet_v2_l': dict(stages=EFFICIENTNET_V2_L_STAGES, drop_rate=0.4, **_V2),
 }
 
-# %% ../../nbs/backbones/03_efficient.ipynb #dcf10498
+# %% ../../nbs/backbones/03_efficient.ipynb #8a40e514
 EFFICIENTNET_INPUTS: dict[str, dict] = {
     'efficientnet_b0': dict(input_size=(3, 224, 224)), 'efficientnet_b1': dict(input_size=(3, 240, 240), interpolation='bilinear'),
     'efficientnet_b2': dict(input_size=(3, 288, 288)), 'efficientnet_b3': dict(input_size=(3, 300, 300)),
@@ -190,7 +190,7 @@ def create_efficientnet(variant:str, **overrides) -> EfficientNet:
     model.default_cfg = {**EfficientNet.default_cfg, **EFFICIENTNET_INPUTS[variant]}
     return model
 
-# %% ../../nbs/backbones/03_efficient.ipynb #7eb45a27
+# %% ../../nbs/backbones/03_efficient.ipynb #95ebdfd3
 @register_backbone(torchvision='efficientnet_b0', aliases=('efficient_net', 'efficientnet'))
 def efficientnet_b0(**kwargs): "EfficientNet-B0 (5.3M parameters at 1000 classes)."; return create_efficientnet('efficientnet_b0', **kwargs)
 
@@ -224,7 +224,7 @@ def efficientnet_v2_m(**kwargs): "EfficientNetV2-M."; return create_efficientnet
 @register_backbone(torchvision='efficientnet_v2_l')
 def efficientnet_v2_l(**kwargs): "EfficientNetV2-L."; return create_efficientnet('efficientnet_v2_l', **kwargs)
 
-# %% ../../nbs/backbones/03_efficient.ipynb #0901e185
+# %% ../../nbs/backbones/03_efficient.ipynb #d55453a4
 _CONV_NORM = {'0': 'conv', '1': 'norm'}
 
 @patch

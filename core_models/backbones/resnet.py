@@ -86,7 +86,7 @@ class ResNet(Backbone):
         "torchvision's ResNet keys mapped to ours (see `torchvision_resnet_keys`); our own keys pass unchanged."
         return {torchvision_resnet_keys(k): v for k, v in state_dict.items()}
 
-# %% ../../nbs/backbones/01_resnet.ipynb #d44f4c1a
+# %% ../../nbs/backbones/01_resnet.ipynb #3bdceff2
 _TV_RESNET_STEM_KEYS = [(r'^conv1\.weight$', 'stem.conv.weight'), (r'^bn1\.', 'stem.norm.')]
 
 def torchvision_resnet_keys(key:str) -> str:
@@ -95,7 +95,7 @@ def torchvision_resnet_keys(key:str) -> str:
         if re.match(pat, key): return re.sub(pat, rep, key)
     return torchvision_resnet_block_keys(key)
 
-# %% ../../nbs/backbones/01_resnet.ipynb #77f82b5c
+# %% ../../nbs/backbones/01_resnet.ipynb #976dda67
 def _resnet(block, layers, kwargs, **variant) -> ResNet:
     return ResNet(dict(block=block, layers=layers, **variant), **kwargs)
 

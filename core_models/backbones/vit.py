@@ -138,7 +138,7 @@ def forward_stages(self:VisionTransformer, x:torch.Tensor) -> list[torch.Tensor]
         maps = [resample_to_stride(m, self.patch_size, s) for m, s in zip(maps, self.feature_info.reduction())]
     return maps
 
-# %% ../../nbs/backbones/02_vit.ipynb #a86ad87a
+# %% ../../nbs/backbones/02_vit.ipynb #51b81c91
 VIT_VARIANTS = dict(
     vit_tiny_16=dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, mlp_dim=768),
     vit_small_16=dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, mlp_dim=1536),
@@ -187,7 +187,7 @@ def vit_h_14(**kwargs):
     "ViT-H/14: 1280 wide, 32 blocks, 16 heads, patches of 14."
     return _vit('vit_h_14', kwargs)
 
-# %% ../../nbs/backbones/02_vit.ipynb #cabc084c
+# %% ../../nbs/backbones/02_vit.ipynb #97a8b400
 TORCHVISION_VIT_KEYS = {
     'class_token': 'cls_token',
     'encoder.pos_embedding': 'pos_embed.pos_embed',
@@ -212,7 +212,7 @@ def convert_state_dict(self:VisionTransformer, state_dict:dict) -> dict:
         sd['pos_embed.pos_embed'] = resample_position_embedding(pos, self.grid_size, self.num_prefix_tokens)
     return sd
 
-# %% ../../nbs/backbones/02_vit.ipynb #b467faad
+# %% ../../nbs/backbones/02_vit.ipynb #3bc479ec
 @patch
 def class_token_attention(self:VisionTransformer, x:torch.Tensor, block:int=-1) -> torch.Tensor:
     "Attention of the class token over the patch grid in `block`, `(B, heads, H/p, W/p)` (each head's row sums to 1 with the class token's own share)."

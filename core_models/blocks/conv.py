@@ -18,7 +18,7 @@ from ..config import Configurable, ComponentConfig, config_field, ConfigError, c
 __all__ = ['Act', 'Norm', 'make_act', 'LayerNorm2d', 'make_norm2d', 'ConvBlock', 'load_state_dict_in_order',
            'DepthwiseSeparableConv', 'SqueezeExcite', 'make_divisible', 'MBConv', 'FusedMBConv']
 
-# %% ../../nbs/blocks/00_conv.ipynb #525dafd1
+# %% ../../nbs/blocks/00_conv.ipynb #1e50c81e
 Act = Literal['relu', 'relu6', 'silu', 'gelu', 'hardswish', 'sigmoid', 'hardsigmoid', 'none']
 Norm = Literal['batch', 'group', 'layer', 'none']
 
@@ -32,7 +32,7 @@ def make_act(name:Act, inplace:bool=False) -> nn.Module:
     if name not in _ACTS: raise ConfigError('make_act', 'name', 'one of ' + ', '.join(map(repr, _ACTS)), name)
     return _ACTS[name](inplace=True) if inplace and name in _INPLACE_ACTS else _ACTS[name]()
 
-# %% ../../nbs/blocks/00_conv.ipynb #a6112cb3
+# %% ../../nbs/blocks/00_conv.ipynb #fc5a3c52
 class LayerNorm2d(nn.LayerNorm):
     "`LayerNorm` over the channels `C` of a `(B, C, H, W)` map, at every pixel (ConvNeXt's channels-first LayerNorm)."
     def forward(self, x):
@@ -49,7 +49,7 @@ def make_norm2d(name:Norm, channels:int, eps:float=1e-5, groups:int=32) -> nn.Mo
     if name == 'none': return nn.Identity()
     raise ConfigError('make_norm2d', 'name', "one of 'batch', 'group', 'layer', 'none'", name)
 
-# %% ../../nbs/blocks/00_conv.ipynb #df291c70
+# %% ../../nbs/blocks/00_conv.ipynb #b4694993
 class ConvBlock(Configurable, nn.Module):
     "Conv2d + norm + activation, built from a shared config or keywords (torchvision's `Conv2dNormActivation`)."
     @dataclass
@@ -91,7 +91,7 @@ class ConvBlock(Configurable, nn.Module):
         check_shape(x, ('B', self.config.in_channels, 'H', 'W'), where=type(self).__name__)
         return self.act(self.norm(self.conv(x)))
 
-# %% ../../nbs/blocks/00_conv.ipynb #077df7e7
+# %% ../../nbs/blocks/00_conv.ipynb #dc1ad34c
 def load_state_dict_in_order(module:nn.Module, state_dict:dict) -> dict:
     "Load `state_dict` into `module` by position (shapes must match); returns the map {their key: our key}."
     ours, theirs = module.state_dict(), list(state_dict.items())
@@ -106,7 +106,7 @@ def load_state_dict_in_order(module:nn.Module, state_dict:dict) -> dict:
     module.load_state_dict({keymap[tk]: tv for tk, tv in theirs})
     return keymap
 
-# %% ../../nbs/blocks/00_conv.ipynb #8b5a856c
+# %% ../../nbs/blocks/00_conv.ipynb #0a5ea227
 class DepthwiseSeparableConv(Configurable, nn.Module):
     "A depthwise `k x k` `ConvBlock` then a pointwise 1x1 `ConvBlock` (MobileNetV1's block)."
     @dataclass
@@ -139,7 +139,7 @@ class DepthwiseSeparableConv(Configurable, nn.Module):
         check_shape(x, ('B', self.config.in_channels, 'H', 'W'), where=type(self).__name__)
         return self.pointwise(self.depthwise(x))
 
-# %% ../../nbs/blocks/00_conv.ipynb #91836466
+# %% ../../nbs/blocks/00_conv.ipynb #d36ebe03
 class SqueezeExcite(Configurable, nn.Module):
     "Squeeze-and-excitation: reweight channels by a gate computed from their global average (torchvision's `SqueezeExcitation`)."
     @dataclass
@@ -164,14 +164,14 @@ class SqueezeExcite(Configurable, nn.Module):
         check_shape(x, ('B', self.config.channels, 'H', 'W'), where=type(self).__name__)
         return x * self.gate(self.fc2(self.activation(self.fc1(self.avgpool(x)))))
 
-# %% ../../nbs/blocks/00_conv.ipynb #84ac8577
+# %% ../../nbs/blocks/00_conv.ipynb #e51ca8df
 def make_divisible(v:float, divisor:int=8, min_value:int|None=None) -> int:
     "`v` rounded to the nearest multiple of `divisor` (at least `min_value`), never more than 10% below `v`."
     min_value = divisor if min_value is None else min_value
     new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
     return new_v + divisor if new_v < 0.9 * v else new_v
 
-# %% ../../nbs/blocks/00_conv.ipynb #91adee74
+# %% ../../nbs/blocks/00_conv.ipynb #5aced40d
 class MBConv(Configurable, nn.Module):
     "EfficientNet's inverted residual: 1x1 expand, depthwise k x k, squeeze-excite, 1x1 linear project (+ residual)."
     @dataclass
@@ -207,7 +207,7 @@ class MBConv(Configurable, nn.Module):
         y = self.project(self.se(self.depthwise(y)))
         return x + self.drop_path(y) if self.use_residual else y
 
-# %% ../../nbs/blocks/00_conv.ipynb #3898c9f9
+# %% ../../nbs/blocks/00_conv.ipynb #4162b217
 class FusedMBConv(Configurable, nn.Module):
     "EfficientNetV2's fused inverted residual: one full k x k conv (expand + depthwise fused), then a 1x1 linear project (+ residual)."
     @dataclass

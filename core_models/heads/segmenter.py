@@ -22,7 +22,7 @@ from .base import Head, register_head
 __all__ = ['levels_at_strides', 'group_norm_groups', 'conv_gn_relu', 'SemanticFPN', 'scale_atrous_rates', 'ASPP',
            'DeepLabDecoder', 'dice_loss', 'SegmentationHead']
 
-# %% ../../nbs/heads/03_segmenter.ipynb #ba0d5de4
+# %% ../../nbs/heads/03_segmenter.ipynb #f8212fa4
 def levels_at_strides(feature_info:FeatureInfo, strides, where:str='levels_at_strides', field:str='in_strides') -> list[int]:
     "Indices of the levels of `feature_info` at the wanted `strides` (deepest per stride), finest first."
     have = feature_info.reduction()
@@ -32,7 +32,7 @@ def levels_at_strides(feature_info:FeatureInfo, strides, where:str='levels_at_st
                           hint=f'set {field} to some of them')
     return list(found.values())
 
-# %% ../../nbs/heads/03_segmenter.ipynb #50f4d1ca
+# %% ../../nbs/heads/03_segmenter.ipynb #aa4879b2
 def group_norm_groups(channels:int) -> int:
     "GroupNorm groups for `channels`: at most 32 (Panoptic FPN: 128 channels in 32 groups), of at least 4 channels each."
     return math.gcd(32, max(1, channels // 4))
@@ -72,12 +72,12 @@ class SemanticFPN(nn.Module):
     def forward(self, features:list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(self.upsample(self.pyramid(features))).sum(0)
 
-# %% ../../nbs/heads/03_segmenter.ipynb #fcac1dbe
+# %% ../../nbs/heads/03_segmenter.ipynb #1a8daaee
 def scale_atrous_rates(map_size:int, rates=(6, 12, 18), reference:int=33) -> tuple[int, ...]:
     "DeepLabV3's `rates` (for a `reference`-cell map) scaled in proportion to a map of `map_size` cells, each at least 1."
     return tuple(max(1, round(r * map_size / reference)) for r in rates)
 
-# %% ../../nbs/heads/03_segmenter.ipynb #d49a85d1
+# %% ../../nbs/heads/03_segmenter.ipynb #e8a13aa4
 class ASPP(nn.Module):
     "Atrous spatial pyramid pooling: a 1x1 conv, 3x3 atrous convs at `rates` and image pooling, concatenated and projected."
     def __init__(self, in_channels:int, channels:int=128, rates=(6, 12, 18)):
@@ -110,7 +110,7 @@ class DeepLabDecoder(nn.Module):
             x = torch.cat([F.interpolate(x, size=low.shape[-2:], mode='bilinear', align_corners=False), low], 1)
         return self.fuse(x)
 
-# %% ../../nbs/heads/03_segmenter.ipynb #66ba0609
+# %% ../../nbs/heads/03_segmenter.ipynb #dacb97e0
 def dice_loss(logits:torch.Tensor, # (B, K, H, W) class scores
               target:torch.Tensor, # (B, H, W) class indices, `ignore_index` for pixels to skip
               ignore_index:int=255, smooth:float=1.0) -> torch.Tensor:
@@ -122,7 +122,7 @@ def dice_loss(logits:torch.Tensor, # (B, K, H, W) class scores
     inter, total = (probs * onehot).sum(dims), probs.sum(dims) + onehot.sum(dims)
     return 1 - ((2 * inter + smooth) / (total + smooth)).mean()
 
-# %% ../../nbs/heads/03_segmenter.ipynb #96c8d159
+# %% ../../nbs/heads/03_segmenter.ipynb #3fa766d8
 @register_head(name='segmenter', aliases=('segmentation', 'SegmentationHead'))
 class SegmentationHead(Head):
     "Per-pixel classes from backbone levels: a semantic FPN or a DeepLabV3(+) decoder, a 1x1 classifier, bilinear upsampling."
@@ -184,7 +184,7 @@ class SegmentationHead(Head):
         info = self.feature_info
         return info.reduction(-1) if self.config.decoder == 'aspp' and len(info) == 1 else info.reduction(0)
 
-# %% ../../nbs/heads/03_segmenter.ipynb #581d439a
+# %% ../../nbs/heads/03_segmenter.ipynb #66894726
 def _check_features(self:SegmentationHead, features) -> list[torch.Tensor]:
     name = type(self).__name__
     if not self.attached:
