@@ -20,6 +20,10 @@ __all__ = ['TokenEncoder', 'TransformerConfig', 'TransformerArchitecture']
 # %% ../../nbs/architectures/02_transformer.ipynb #c733f864
 class TokenEncoder(nn.Module):
     "Map (B, C, H, W) -> tokens (B, 1+HW, dim): 1x1 projection, sin-cos positions, class token, `depth` AttentionBlocks."
+    grad_checkpointing: bool = False  # recompute each block in the backward pass instead of keeping its activations
+    run_blocks = Backbone.run_blocks
+    set_grad_checkpointing = Backbone.set_grad_checkpointing
+
     def __init__(self, in_channels:int, dim:int=256, depth:int=2, num_heads:int=8, drop_path:float=0.0):
         super().__init__()
         self.proj = nn.Conv2d(in_channels, dim, 1)
@@ -34,7 +38,7 @@ class TokenEncoder(nn.Module):
         h, w = x.shape[-2:]
         tokens = self.pos(x.flatten(2).transpose(1, 2), grid_size=(h, w))
         tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], 1)
-        return self.norm(self.blocks(tokens))
+        return self.norm(self.run_blocks(self.blocks, tokens))
 
 # %% ../../nbs/architectures/02_transformer.ipynb #4ac4bfe4
 @dataclass
@@ -64,3 +68,14 @@ class TransformerArchitecture(BaseArchitecture):
         c = self.config
         if c.encoder_depth == 0: return super().attach_head()
         self.head.attach(FeatureInfo([dict(num_chs=c.embed_dim, reduction=self.backbone.feature_info.reduction(-1), module='neck')]))
+
+    def set_grad_checkpointing(self, enable:bool=True):
+        "Recompute the backbone's blocks, and the hybrid encoder's, in the backward pass instead of keeping their activations."
+        super().set_grad_checkpointing(enable)
+        if callable(getattr(self.neck, 'set_grad_checkpointing', None)): self.neck.set_grad_checkpointing(enable)
+        return self
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        "Whether the backbone's blocks (and the hybrid encoder's) are recomputed in the backward pass."
+        return super().grad_checkpointing and bool(getattr(self.neck, 'grad_checkpointing', True))

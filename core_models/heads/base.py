@@ -6,14 +6,14 @@ Docs: https://core-models.github.io/core-models/heads/base.html.md"""
 
 # %% ../../nbs/heads/00_base.ipynb #971a9053
 from __future__ import annotations
-import warnings
+import operator, warnings
 from typing import Callable
 import torch, torch.nn as nn
 from ..config import Configurable, ComponentConfig, config_field, ConfigError, config_as_dict, NameRegistry
 from ..backbones.base import FeatureInfo
 
 # %% auto #0
-__all__ = ['Head', 'register_head', 'list_heads', 'get_head_class', 'create_head']
+__all__ = ['Head', 'fpn_level_name', 'register_head', 'list_heads', 'get_head_class', 'create_head']
 
 # %% ../../nbs/heads/00_base.ipynb #df638eea
 class Head(Configurable, nn.Module):
@@ -27,9 +27,11 @@ class Head(Configurable, nn.Module):
         return list(range(len(feature_info)))
 
     def attach(self, feature_info:FeatureInfo) -> Head:
-        "Build the layers that depend on the input levels (channels, strides); returns the head."
+        "Build the layers that depend on the input levels (channels, strides); returns the head. A failed build leaves it as it was."
+        before = self.feature_info
         self.feature_info = FeatureInfo(feature_info)
-        self.build(self.feature_info)
+        try: self.build(self.feature_info)
+        except BaseException: self.feature_info = before; raise
         return self
 
     def build(self, feature_info:FeatureInfo):
@@ -39,6 +41,14 @@ class Head(Configurable, nn.Module):
     def attached(self) -> bool: return self.feature_info is not None
 
 # %% ../../nbs/heads/00_base.ipynb #60e29dcd
+def fpn_level_name(stride:int) -> str:
+    "The FPN paper's name of the pyramid level at `stride`: `p3` for 8, `p4` for 16, ...; `s<stride>` when it isn't a power of two."
+    try: s = operator.index(stride)  # ints, numpy and 0-d torch integers; not floats
+    except TypeError: s = 0
+    if s < 1: raise ValueError(f'fpn_level_name: expected a positive int stride, got {stride!r}')
+    return f'p{s.bit_length() - 1}' if s & (s - 1) == 0 else f's{s}'
+
+# %% ../../nbs/heads/00_base.ipynb #029ef047
 _HEADS = NameRegistry('head')
 
 def register_head(cls:type|None=None, *, name:str|None=None, aliases:tuple=()):

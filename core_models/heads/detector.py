@@ -17,11 +17,11 @@ from torchvision.ops import (FeaturePyramidNetwork, sigmoid_focal_loss, generali
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from ..config import ComponentConfig, config_field, ConfigError, ShapeError, check_shape
 from ..backbones.base import FeatureInfo
-from .base import Head, register_head
+from .base import Head, register_head, fpn_level_name  # fpn_level_name lived here first: still importable from here
 
 # %% auto #0
 __all__ = ['level_points', 'fcos_size_ranges', 'ltrb_distances', 'fcos_assign', 'centerness', 'DetectionHeadConfig',
-           'DetectionHead', 'fpn_level_name']
+           'DetectionHead']
 
 # %% ../../nbs/heads/02_detector.ipynb #96c175be
 def level_points(size:tuple[int, int], # (h, w) of a feature map
@@ -153,11 +153,6 @@ class DetectionHead(Head):
         self.size_ranges = fcos_size_ranges(self.strides, c.size_ratio)
 
 # %% ../../nbs/heads/02_detector.ipynb #d291fef4
-def fpn_level_name(stride:int) -> str:
-    "The FPN paper's name of the pyramid level at `stride`: `p3` for 8, `p4` for 16, ...; `s<stride>` when it isn't a power of two."
-    return f'p{stride.bit_length() - 1}' if stride > 0 and stride & (stride - 1) == 0 else f's{stride}'
-
-# %% ../../nbs/heads/02_detector.ipynb #30ef2257
 @patch
 def check_features(self:DetectionHead, features) -> list[torch.Tensor]:
     "`features` as a list of maps matching the attached levels' channels, or a `ShapeError`."
@@ -198,7 +193,7 @@ def forward_dense(self:DetectionHead, features:list[torch.Tensor]) -> dict:
                 points=torch.cat(points), strides=torch.cat(strides), ranges=torch.cat(ranges),
                 level_sizes=[p.shape[-2] * p.shape[-1] for p in pyramid])
 
-# %% ../../nbs/heads/02_detector.ipynb #0e3656fc
+# %% ../../nbs/heads/02_detector.ipynb #16ccfdb0
 @patch
 def check_targets(self:DetectionHead, targets, batch_size:int) -> list[dict]:
     "`targets` in torchvision's format (one dict of `boxes` (N, 4) and `labels` (N,) per image) as plain tensors, or a `ValueError`."
@@ -251,7 +246,7 @@ def loss(self:DetectionHead, dense:dict, targets:list[dict]) -> dict[str, torch.
     loss_ctr = F.binary_cross_entropy_with_logits(pred_ctr, ctr_target, reduction='sum') / num_pos
     return dict(loss_cls=loss_cls, loss_box=loss_box, loss_ctr=loss_ctr)
 
-# %% ../../nbs/heads/02_detector.ipynb #a02f480f
+# %% ../../nbs/heads/02_detector.ipynb #4406733b
 def _image_sizes(dense:dict, image_size, batch_size:int) -> list[tuple[int, int]]:
     "One (H, W) per image: `image_size` as given, or the padded input size read off the finest level's points."
     if image_size is None:

@@ -16,7 +16,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from ..config import ComponentConfig, config_field, ConfigError, ShapeError, check_shape
 from ..blocks.conv import ConvBlock
 from ..backbones.base import FeatureInfo
-from .base import Head, register_head
+from .base import Head, register_head, fpn_level_name
 
 # %% auto #0
 __all__ = ['levels_at_strides', 'group_norm_groups', 'conv_gn_relu', 'SemanticFPN', 'scale_atrous_rates', 'ASPP',
@@ -42,42 +42,55 @@ def conv_gn_relu(in_channels:int, out_channels:int, kernel_size:int=3, dilation:
     return ConvBlock(in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size, dilation=dilation,
                      norm='group', norm_groups=group_norm_groups(out_channels), act='relu')
 
+def _check_strides(where:str, strides, expected:str='strictly increasing strides, finest first (one level per stride)') -> list[int]:
+    strides = list(strides)
+    if not strides or strides != sorted(set(strides)): raise ValueError(f'{where}: expected {expected}, got {tuple(strides)}')
+    return strides
+
 class SemanticFPN(nn.Module):
     "Panoptic FPN's semantic branch: FPN, each level upsampled to the finest stride by conv-GN-ReLU stages, summed."
     def __init__(self, in_channels:list[int], strides:list[int], channels:int=128):
         super().__init__()
-        self.strides = list(strides)
+        self.strides = _check_strides('SemanticFPN', strides)
         self.fpn = FeaturePyramidNetwork(list(in_channels), channels)
         self.scale_heads = nn.ModuleList(
             nn.Sequential(*[conv_gn_relu(channels, channels) for _ in range(max(1, round(math.log2(s / strides[0]))))])
             for s in strides)
 
-    def pyramid(self, features:list[torch.Tensor]) -> list[torch.Tensor]:
-        "The FPN's outputs: one `channels`-wide map per level, at the level's stride."
-        return list(self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features))).values())
+    @property
+    def level_names(self) -> list[str]: return [fpn_level_name(s) for s in self.strides]
 
-    def upsample(self, pyramid:list[torch.Tensor]) -> list[torch.Tensor]:
-        "Every level at the finest level's size, through its conv-GN-ReLU + 2x upsampling stages."
-        size, out = pyramid[0].shape[-2:], []
-        for x, stages, s in zip(pyramid, self.scale_heads, self.strides):
+    def pyramid(self, features:list[torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
+        "The FPN's outputs: one `channels`-wide map per level, at the level's stride, finest first, named by stride (`p2` is stride 4)."
+        maps = self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features))).values()
+        return OrderedDict(zip(self.level_names, maps))
+
+    def upsample(self, pyramid:OrderedDict[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
+        "`pyramid`'s levels, same names, all at the finest level's size, through their conv-GN-ReLU + 2x upsampling stages."
+        if not hasattr(pyramid, 'keys') or list(pyramid.keys()) != self.level_names:
+            got = list(pyramid.keys()) if hasattr(pyramid, 'keys') else f'a {type(pyramid).__name__}'
+            raise TypeError(f'SemanticFPN.upsample: expected the OrderedDict that pyramid() returns, levels {self.level_names}, got {got}')
+        maps = list(pyramid.values())
+        size, out = maps[0].shape[-2:], OrderedDict()
+        for (name, x), stages, s in zip(pyramid.items(), self.scale_heads, self.strides):
             for k, stage in enumerate(stages):
                 x = stage(x)
                 if s == self.strides[0]: continue
                 last = k == len(stages) - 1
                 x = F.interpolate(x, size=size if last else None, scale_factor=None if last else 2.0,
                                   mode='bilinear', align_corners=False)
-            out.append(x)
+            out[name] = x
         return out
 
     def forward(self, features:list[torch.Tensor]) -> torch.Tensor:
-        return torch.stack(self.upsample(self.pyramid(features))).sum(0)
+        return torch.stack(list(self.upsample(self.pyramid(features)).values())).sum(0)
 
-# %% ../../nbs/heads/03_segmenter.ipynb #1a8daaee
+# %% ../../nbs/heads/03_segmenter.ipynb #d49a85d1
 def scale_atrous_rates(map_size:int, rates=(6, 12, 18), reference:int=33) -> tuple[int, ...]:
     "DeepLabV3's `rates` (for a `reference`-cell map) scaled in proportion to a map of `map_size` cells, each at least 1."
     return tuple(max(1, round(r * map_size / reference)) for r in rates)
 
-# %% ../../nbs/heads/03_segmenter.ipynb #e8a13aa4
+# %% ../../nbs/heads/03_segmenter.ipynb #b1fcf596
 class ASPP(nn.Module):
     "Atrous spatial pyramid pooling: a 1x1 conv, 3x3 atrous convs at `rates` and image pooling, concatenated and projected."
     def __init__(self, in_channels:int, channels:int=128, rates=(6, 12, 18)):
@@ -94,23 +107,34 @@ class ASPP(nn.Module):
 class DeepLabDecoder(nn.Module):
     "ASPP on the last level, with DeepLabV3+'s skip from a finer level when `low_level_in` is given."
     def __init__(self, in_channels:int, channels:int=128, rates=(6, 12, 18), low_level_in:int|None=None,
-                 low_level_channels:int=48):
+                 low_level_channels:int=48, *,
+                 strides:tuple[int, ...], # of the levels it reads: (skip, last) with `low_level_in`, else (last,)
+                ):
         super().__init__()
-        self.aspp = ASPP(in_channels, channels, rates)
         self.has_skip = low_level_in is not None
+        n = 2 if self.has_skip else 1
+        want = f'{n} increasing stride{"s" if n > 1 else ""}, ' + ('(skip, last)' if self.has_skip else '(last,)')
+        self.strides = _check_strides('DeepLabDecoder', strides, want)
+        if len(self.strides) != n: raise ValueError(f'DeepLabDecoder: expected {want}, got {tuple(strides)}')
+        self.aspp = ASPP(in_channels, channels, rates)
         if self.has_skip:
             self.low_level = conv_gn_relu(low_level_in, low_level_channels, 1)
             self.fuse = nn.Sequential(conv_gn_relu(channels + low_level_channels, channels), conv_gn_relu(channels, channels))
         else: self.fuse = conv_gn_relu(channels, channels)
 
-    def forward(self, features:list[torch.Tensor]) -> torch.Tensor:
+    def pyramid(self, features:list[torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
+        "What the fusing convs read, finest first, named by stride: the projected skip (DeepLabV3+ only), then ASPP's output on the last level."
         x = self.aspp(features[-1])
-        if self.has_skip:
-            low = self.low_level(features[0])
-            x = torch.cat([F.interpolate(x, size=low.shape[-2:], mode='bilinear', align_corners=False), low], 1)
+        names = [fpn_level_name(s) for s in self.strides]
+        if not self.has_skip: return OrderedDict([(names[-1], x)])
+        return OrderedDict([(names[0], self.low_level(features[0])), (names[-1], x)])
+
+    def forward(self, features:list[torch.Tensor]) -> torch.Tensor:
+        *low, x = self.pyramid(features).values()
+        if low: x = torch.cat([F.interpolate(x, size=low[0].shape[-2:], mode='bilinear', align_corners=False), low[0]], 1)
         return self.fuse(x)
 
-# %% ../../nbs/heads/03_segmenter.ipynb #dacb97e0
+# %% ../../nbs/heads/03_segmenter.ipynb #b233ea70
 def dice_loss(logits:torch.Tensor, # (B, K, H, W) class scores
               target:torch.Tensor, # (B, H, W) class indices, `ignore_index` for pixels to skip
               ignore_index:int=255, smooth:float=1.0) -> torch.Tensor:
@@ -122,7 +146,7 @@ def dice_loss(logits:torch.Tensor, # (B, K, H, W) class scores
     inter, total = (probs * onehot).sum(dims), probs.sum(dims) + onehot.sum(dims)
     return 1 - ((2 * inter + smooth) / (total + smooth)).mean()
 
-# %% ../../nbs/heads/03_segmenter.ipynb #3fa766d8
+# %% ../../nbs/heads/03_segmenter.ipynb #6dbc299a
 @register_head(name='segmenter', aliases=('segmentation', 'SegmentationHead'))
 class SegmentationHead(Head):
     "Per-pixel classes from backbone levels: a semantic FPN or a DeepLabV3(+) decoder, a 1x1 classifier, bilinear upsampling."
@@ -176,7 +200,8 @@ class SegmentationHead(Head):
             self.decoder = SemanticFPN(feature_info.channels(), feature_info.reduction(), c.channels)
         else:
             skip = feature_info.channels(0) if len(feature_info) == 2 else None
-            self.decoder = DeepLabDecoder(feature_info.channels(-1), c.channels, c.aspp_rates, skip, c.low_level_channels)
+            self.decoder = DeepLabDecoder(feature_info.channels(-1), c.channels, c.aspp_rates, skip, c.low_level_channels,
+                                          strides=feature_info.reduction())
 
     @property
     def output_stride(self) -> int:
@@ -184,7 +209,7 @@ class SegmentationHead(Head):
         info = self.feature_info
         return info.reduction(-1) if self.config.decoder == 'aspp' and len(info) == 1 else info.reduction(0)
 
-# %% ../../nbs/heads/03_segmenter.ipynb #66894726
+# %% ../../nbs/heads/03_segmenter.ipynb #d3a20593
 def _check_features(self:SegmentationHead, features) -> list[torch.Tensor]:
     name = type(self).__name__
     if not self.attached:
@@ -212,6 +237,11 @@ def forward(self:SegmentationHead, features, image_size=None, targets=None):
                              'call .eval() for predictions')
         return self.losses(logits, targets)
     return {'out': logits, 'labels': logits.argmax(1)}
+
+@patch
+def pyramid(self:SegmentationHead, features) -> OrderedDict[str, torch.Tensor]:
+    "The decoder's per-level maps, finest first, named by stride (`p2` is stride 4): the FPN's outputs, or ASPP's skip and output."
+    return self.decoder.pyramid(_check_features(self, features))
 
 def _check_masks(self:SegmentationHead, masks, logits) -> torch.Tensor:
     name, c = type(self).__name__, self.config
