@@ -13,8 +13,8 @@ from collections.abc import Mapping
 import torch
 
 # %% auto #0
-__all__ = ['ConfigError', 'config_field', 'type_name', 'check_type', 'config_as_dict', 'ComponentConfig', 'Configurable',
-           'ShapeError', 'check_shape', 'NameRegistry']
+__all__ = ['ConfigError', 'did_you_mean', 'config_field', 'type_name', 'check_type', 'config_as_dict', 'ComponentConfig',
+           'Configurable', 'ShapeError', 'check_shape', 'NameRegistry']
 
 # %% ../nbs/01_config.ipynb #09258326
 _NOTHING = object()
@@ -36,6 +36,11 @@ class ConfigError(ValueError):
     def for_component(self, component:str) -> ConfigError:
         "The same error, reported for `component` (a subclass that reuses its parent's `Config`)."
         return ConfigError(component, self.field, self.expected, self.given, self.hint)
+
+def did_you_mean(name:str, known) -> str:
+    "The hint for an error about the unknown key `name`: the closest of the `known` keys, or '' when none is close."
+    close = difflib.get_close_matches(name, list(known), n=3)
+    return f'did you mean {" or ".join(map(repr, close))}?' if close else ''
 
 # %% ../nbs/01_config.ipynb #b63dd330
 def config_field(default=MISSING, *, doc:str='', ge=None, gt=None, le=None, lt=None, aliases:tuple=(),
@@ -143,9 +148,7 @@ class ComponentConfig:
         overrides = {alias_of.get(k, k) if k not in fs else k: v for k, v in overrides.items()}
         for k, v in overrides.items():
             if k not in fs:
-                close = difflib.get_close_matches(k, fs, n=3)
-                raise ConfigError(name, k, 'one of the fields ' + ', '.join(fs), v,
-                                  hint=f'did you mean {" or ".join(map(repr, close))}?' if close else '')
+                raise ConfigError(name, k, 'one of the fields ' + ', '.join(fs), v, hint=did_you_mean(k, fs))
         values = {}
         for k, f in fs.items():
             if k in overrides: values[k] = overrides[k]; continue

@@ -6,10 +6,10 @@ Docs: https://core-models.github.io/core-models/factory.html.md"""
 
 # %% ../nbs/05_factory.ipynb #5886ea88
 from __future__ import annotations
-import difflib, fnmatch, inspect
+import fnmatch, inspect
 from dataclasses import fields
 import torch
-from .config import ConfigError, config_as_dict
+from .config import ConfigError, config_as_dict, did_you_mean
 from .backbones import list_backbones, get_backbone_entry
 from .backbones.vit import VisionTransformer
 from .heads import list_heads, get_head_class
@@ -42,9 +42,8 @@ def create_model(architecture:str='cnn', backbone=None, head=None, config=None, 
         known = _declared(cls) | (_declared(head_cls) if head_cls else set())
         for k in overrides:
             if k not in known:
-                close = difflib.get_close_matches(k, sorted(known), n=3)
                 raise ConfigError('create_model', k, f'a field of {cls.__name__}' + (f' or {head_cls.__name__}' if head_cls else ''),
-                                  overrides[k], hint=f"did you mean {' or '.join(map(repr, close))}?" if close else
+                                  overrides[k], hint=did_you_mean(k, sorted(known)) or
                                   "backbone options go in backbone={'name': ..., 'option': ...}")
     params = inspect.signature(cls).parameters
     if 'backbone' in params or 'head' in params or any(p.kind == p.VAR_KEYWORD for p in params.values()):

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from fastcore.basics import patch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
-from .config import ComponentConfig, ConfigError, config_field, config_as_dict
+from .config import ComponentConfig, ConfigError, config_field, config_as_dict, did_you_mean
 from .settings import seed_everything, resolve_device
 from .data import TASKS, detection_collate
 from .metrics import ConfusionMatrix, MeanAveragePrecision, SegmentationMetrics
@@ -75,10 +75,7 @@ class TrainConfig(ComponentConfig):
             except TypeError: given = {}
             for k in given:
                 if k not in names:
-                    import difflib
-                    close = difflib.get_close_matches(k, names, n=3)
-                    raise ConfigError('TrainConfig', k, 'one of the fields ' + ', '.join(names), given[k],
-                                      hint=f'did you mean {" or ".join(map(repr, close))}?' if close else '')
+                    raise ConfigError('TrainConfig', k, 'one of the fields ' + ', '.join(names), given[k], hint=did_you_mean(k, names))
         try: return super().resolve(config, **overrides)
         except ConfigError as e: raise (e.for_component('TrainConfig') if e.component == 'Train' else e) from None
 

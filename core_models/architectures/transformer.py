@@ -11,18 +11,15 @@ import torch, torch.nn as nn
 from ..config import ComponentConfig, config_field, ConfigError
 from ..blocks.attention import AttentionBlock, SinCosPositionEmbedding2d
 from .base import BaseArchitecture, ArchitectureConfig, register_architecture
-from ..backbones.base import Backbone, FeatureInfo
+from ..backbones.base import Backbone, FeatureInfo, GradCheckpointing
 from ..backbones.vit import VisionTransformer
 
 # %% auto #0
 __all__ = ['TokenEncoder', 'TransformerConfig', 'TransformerArchitecture']
 
 # %% ../../nbs/architectures/02_transformer.ipynb #c733f864
-class TokenEncoder(nn.Module):
+class TokenEncoder(GradCheckpointing, nn.Module):
     "Map (B, C, H, W) -> tokens (B, 1+HW, dim): 1x1 projection, sin-cos positions, class token, `depth` AttentionBlocks."
-    grad_checkpointing: bool = False  # recompute each block in the backward pass instead of keeping its activations
-    run_blocks = Backbone.run_blocks
-    set_grad_checkpointing = Backbone.set_grad_checkpointing
 
     def __init__(self, in_channels:int, dim:int=256, depth:int=2, num_heads:int=8, drop_path:float=0.0):
         super().__init__()

@@ -17,9 +17,9 @@ from ..blocks.conv import ConvBlock
 from ..summary import summary, ModelSummary
 
 # %% auto #0
-__all__ = ['FeatureInfo', 'BackboneConfig', 'Backbone', 'SimpleCNNConfig', 'SimpleCNN', 'BackboneEntry', 'register_backbone',
-           'list_backbones', 'get_backbone_entry', 'simple_cnn', 'simple_cnn_deep', 'WeightsError', 'read_state_dict',
-           'adapt_input_conv', 'load_weights', 'create_backbone']
+__all__ = ['FeatureInfo', 'BackboneConfig', 'GradCheckpointing', 'Backbone', 'SimpleCNNConfig', 'SimpleCNN', 'BackboneEntry',
+           'register_backbone', 'list_backbones', 'get_backbone_entry', 'simple_cnn', 'simple_cnn_deep', 'WeightsError',
+           'read_state_dict', 'adapt_input_conv', 'load_weights', 'create_backbone']
 
 # %% ../../nbs/backbones/00_base.ipynb #0cf4dd94
 class FeatureInfo(list):
@@ -56,18 +56,9 @@ def _flat_blocks(m:nn.Module):
         for c in m: yield from _flat_blocks(c)
     else: yield m
 
-class Backbone(Configurable, nn.Module):
-    "Base of every backbone family: features, head, classifier reset and the `default_cfg`."
-    Config = BackboneConfig
-    default_cfg: dict = dict(input_size=(3, 224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                             first_conv='', classifier='fc')
-    feature_info: FeatureInfo
-    num_features: int
+class GradCheckpointing:
+    "Mixin for a module that runs blocks in sequence: `set_grad_checkpointing` switches `run_blocks` to recompute them in backward."
     grad_checkpointing: bool = False  # recompute each block in the backward pass instead of keeping its activations
-
-    def forward_stages(self, x) -> list[torch.Tensor]:
-        "Every level's feature map, in the order of `feature_info`."
-        raise NotImplementedError
 
     def run_blocks(self, blocks:nn.Module, x:torch.Tensor) -> torch.Tensor:
         "`blocks(x)`; with `grad_checkpointing` on, in training and with grad enabled, each block (nested `nn.Sequential`s flattened) is checkpointed."
@@ -81,6 +72,18 @@ class Backbone(Configurable, nn.Module):
             raise TypeError(f'{type(self).__name__}.set_grad_checkpointing: expected enable to be a bool, got {enable!r}')
         self.grad_checkpointing = enable
         return self
+
+class Backbone(GradCheckpointing, Configurable, nn.Module):
+    "Base of every backbone family: features, head, classifier reset and the `default_cfg`."
+    Config = BackboneConfig
+    default_cfg: dict = dict(input_size=(3, 224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                             first_conv='', classifier='fc')
+    feature_info: FeatureInfo
+    num_features: int
+
+    def forward_stages(self, x) -> list[torch.Tensor]:
+        "Every level's feature map, in the order of `feature_info`."
+        raise NotImplementedError
 
     def forward_features(self, x) -> torch.Tensor:
         "The last feature map, before pooling."
