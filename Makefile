@@ -50,7 +50,8 @@ run: export PATH := $(abspath $(BIN)):$(PATH)
 run: install  ## the main job: dvc repro (prepare digits -> train -> evaluate), then the metrics and how to release
 	$(BIN)/dvc repro
 	@echo; $(BIN)/dvc metrics show eval/metrics.json dvclive/train/metrics.json
-	@echo; echo "To make this model a version: commit what changed (git add -A && git commit -m 'Train digits-cnn'), then"; 	echo "  make release NAME=digits-cnn VERSION=1.0.0   # dvc push + registry commit + GTO tag digits-cnn@v1.0.0"
+	@echo; echo "To make this model a version: commit what changed (git add -A && git commit -m 'Train digits-cnn'), then"
+	@echo "  make release NAME=digits-cnn VERSION=1.0.0   # dvc push + registry commit + GTO tag digits-cnn@v1.0.0"
 
 NAME ?= digits-cnn
 release: export PATH := $(abspath $(BIN)):$(PATH)
