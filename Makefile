@@ -45,13 +45,19 @@ chromium:  ## install Debian's chromium for the browser test when it is missing 
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "make: /usr/bin/chromium missing and cannot apt-get it (not root); the browser test will skip"; fi
 
-# dvc runs each stage's `core-models ...` command through the shell: the venv's bin must be on PATH.
+# dvc runs each stage's `core-models ...` command through the shell: the venv's bin must be on PATH (the README
+# says `source .venv/bin/activate` for the commands a user types). `dvc status -q` exits 1 when a stage must run;
+# `dvc repro -q` keeps the stages' own lines and drops DVC's hints (`git add dvc.lock`, `dvc push`, autostage),
+# which the next step the run prints (commit, then make release) takes care of.
 run: export PATH := $(abspath $(BIN)):$(PATH)
-run: install  ## the main job: dvc repro (prepare digits -> train -> evaluate), then the metrics and how to release
-	$(BIN)/dvc repro
-	@echo; $(BIN)/dvc metrics show eval/metrics.json dvclive/train/metrics.json
-	@echo; echo "To make this model a version: commit what changed (git add -A && git commit -m 'Train digits-cnn'), then"
-	@echo "  make release NAME=digits-cnn VERSION=1.0.0   # dvc push + registry commit + GTO tag digits-cnn@v1.0.0"
+run: install  ## the main job: dvc repro (prepare digits -> train -> evaluate), then the run's numbers and how to release
+	@echo "make run: dvc repro (prepare digits -> train -> evaluate; a stage whose inputs did not change is skipped)"
+	@if $(BIN)/dvc status -q; then echo "make run: nothing changed since the last run (dvc.lock): no stage runs"; \
+	else $(BIN)/dvc repro -q; fi
+	@echo; $(BIN)/core-models metrics
+	@echo; echo "To make this model a version: commit the run (it holds dvc.lock), then release it (it runs dvc push):"
+	@echo "  git add -A && git commit -m 'Train digits-cnn'"
+	@echo "  make release NAME=digits-cnn VERSION=1.0.0   # registry commit + GTO tag digits-cnn@v1.0.0"
 
 NAME ?= digits-cnn
 release: export PATH := $(abspath $(BIN)):$(PATH)
@@ -64,8 +70,10 @@ docs: install  ## README.md from nbs/index.ipynb, then the docs site in _docs/ (
 	$(PY) tools/readme.py
 	$(PY) tools/build_docs.py --strict
 
+# Jupyter refuses to start as root without --allow-root (containers, cloud notebooks): pass it only there.
+LAB_AS_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: install  ## JupyterLab on this repo with the venv's kernel
-	$(BIN)/jupyter lab --notebook-dir=.
+	$(BIN)/jupyter lab --notebook-dir=. $(LAB_AS_ROOT)
 
 bench: install  ## not tests: backbone throughput vs torchvision, then proof of learning on digits and shapes
 	$(BIN)/python benchmarks/backbones.py

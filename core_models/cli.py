@@ -1,4 +1,4 @@
-"""`core-models prepare | train | evaluate | release`: each stage reads `params.yaml` and writes only the outputs `dvc.yaml` declares.
+"""`core-models prepare | train | evaluate | metrics | release`: each stage reads `params.yaml` and writes only the outputs `dvc.yaml` declares.
 
 Docs: https://core-models.github.io/core-models/cli.html.md"""
 
@@ -12,7 +12,8 @@ import yaml
 
 # %% auto #0
 __all__ = ['PipelineError', 'load_params', 'section', 'prepare', 'model_from_params', 'datasets_from_params', 'train',
-           'load_model', 'plot_losses', 'evaluate', 'find_artifact', 'check_releasable', 'release', 'main']
+           'load_model', 'plot_losses', 'evaluate', 'run_summary', 'format_table', 'find_artifact', 'check_releasable',
+           'dvc_project', 'release', 'main']
 
 # %% ../nbs/07_cli.ipynb #447e61c1
 class PipelineError(RuntimeError):
@@ -135,6 +136,34 @@ def evaluate(params:dict, model_dir:str|Path='models/digits-cnn', out:str|Path='
     if live is not None and (root/live).is_dir(): plot_losses(root/live).savefig(out/'plots'/'loss.png', dpi=100)
     return metrics
 
+# %% ../nbs/07_cli.ipynb #5b2caa59
+def _number(v) -> str: return f'{v:.4g}' if isinstance(v, float) else str(v)
+
+def run_summary(eval_dir:str|Path='eval', live:str|Path='dvclive/train', root:str|Path='.') -> list[tuple[str, str]]:
+    "(what, value) rows: the test metrics in `eval_dir`, the best validation metric, epochs and time from dvclive's `live`."
+    root, rows = Path(root), []
+    test = root/eval_dir/'metrics.json'
+    if test.is_file():
+        rows += [(f'test {k}', _number(v)) for k, v in json.loads(test.read_text()).get('test', {}).items()]
+    logged = root/live/'metrics.json'
+    if logged.is_file():
+        m = json.loads(logged.read_text())
+        epochs = m.get('step', -1) + 1
+        rows += [(f"best val {k.removeprefix('best_val_').removeprefix('best_')}", f"{_number(v)} (epoch {m.get('best_epoch', '?')})")
+                 for k, v in m.items() if k.startswith('best_') and k != 'best_epoch']
+        rows.append(('epochs', str(epochs)))
+        seconds = root/live/'plots'/'metrics'/'seconds.tsv'
+        if seconds.is_file():
+            total = sum(_read_tsv(seconds)[1])
+            rows.append(('training time', f'{total:.1f} s ({total / max(epochs, 1):.1f} s an epoch)'))
+    if not rows: raise PipelineError(f'no metrics in {str(root/eval_dir)!r} or {str(root/live)!r}: run `dvc repro` first')
+    return rows
+
+def format_table(rows:list[tuple[str, str]], header:tuple[str, str]=('metric', 'value')) -> str:
+    "`rows` as a plain two-column text table."
+    w = max(len(a) for a, _ in [header, *rows])
+    return '\n'.join(f'{a:<{w}}  {b}' for a, b in [header, *rows])
+
 # %% ../nbs/07_cli.ipynb #1b124e38
 def _run(args:list, cwd:Path, check:bool=True) -> subprocess.CompletedProcess:
     r = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True)
@@ -176,11 +205,18 @@ def check_releasable(name:str, repo:str|Path='.', push:bool=False) -> tuple[dict
     return art, stage
 
 # %% ../nbs/07_cli.ipynb #ad3e838f
+def dvc_project(path:str|Path='.') -> Path:
+    "The DVC project holding `path`: the nearest folder up from it with a `.dvc/` (the git root, or a `dvc init --subdir` project)."
+    path = Path(path).resolve()
+    for p in (path, *path.parents):
+        if (p/'.dvc').is_dir(): return p
+    raise PipelineError(f'{str(path)!r} is not inside a DVC project (no .dvc/ folder above it); run from the repository')
+
 def release(name:str, version:str, repo:str|Path='.', push:bool=False, registry:str|Path|None=None, metrics:str|Path|None='eval/metrics.json'):
     "Register the model of `HEAD` as `name` `version`: a registry commit and the GTO tag `name@vversion`."
     from core_models.versioning.registry import ModelRegistry, resolve_class
     from core_models.versioning.checkpoint import verify_checkpoint
-    repo = Path(_run(['git', 'rev-parse', '--show-toplevel'], Path(repo)).stdout.strip())
+    repo = dvc_project(repo)
     art, stage = check_releasable(name, repo, push)
     ckpt = repo/art['path']
     meta = verify_checkpoint(ckpt)
@@ -212,6 +248,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument('--model', default='models/digits-cnn', help='checkpoint folder to evaluate')
     s.add_argument('--out', default='eval', help='folder for metrics.json, confusion.tsv and plots/')
     s.add_argument('--live', default='dvclive/train', help="dvclive folder of the training run (for the loss curves)")
+    s = sub.add_parser('metrics', help="the run's numbers: test metrics, best validation metric, epochs, training time")
+    s.add_argument('--eval', default='eval', help="evaluate's output folder")
+    s.add_argument('--live', default='dvclive/train', help="dvclive folder of the training run")
     s = sub.add_parser('release', help="register HEAD's model as NAME VERSION (registry commit + GTO tag NAME@vVERSION)")
     s.add_argument('name'); s.add_argument('version')
     s.add_argument('--push', action='store_true', help='dvc push the model first instead of refusing when it is not pushed')
@@ -224,6 +263,9 @@ def main(argv:list[str]|None=None) -> int:
         if a.command == 'release':
             mv = release(a.name, a.version, push=a.push)
             print(f'released {mv.tag}: weights {mv.digest[:12]}, metrics {mv.metrics}')
+            return 0
+        if a.command == 'metrics':
+            print(format_table(run_summary(a.eval, a.live)))
             return 0
         params = load_params(a.params)
         if a.command == 'prepare':
