@@ -11,7 +11,7 @@ Then: the version round trip restores v1.0.0's model bytes; no command at the ro
 segmentation projects in pipelines/; a failed experiment is undone by the one command the README gives; the train
 stage's dependencies cover every module a training run imports.
 """
-import hashlib, json, os, re, shutil, subprocess, sys
+import hashlib, json, os, re, shutil, subprocess, sys, time
 from pathlib import Path
 import pytest, yaml
 from conftest import ROOT
@@ -60,7 +60,7 @@ def fresh_clone(base:Path) -> Path:
 
 
 SNAP = r'''__snap() {  # after README line $1: where HEAD is, the model's digest, the learning rate, what git sees
-  printf '{"line": %s, "head": "%s", "model": "%s", "lr": "%s", "dirty": %s}\n' "$1" "$(git rev-parse HEAD)" \
+  printf '{"line": %s, "t": %s, "head": "%s", "model": "%s", "lr": "%s", "dirty": %s}\n' "$1" "$(date +%s.%N)" "$(git rev-parse HEAD)" \
     "$(sha256sum models/digits-cnn/model.safetensors 2>/dev/null | cut -c1-64)" \
     "$(grep -E '^  lr:' params.yaml | awk '{print $2}')" "$(git status --porcelain | wc -l)" >> "$SNAPSHOTS"
 }
@@ -75,10 +75,12 @@ def journey(tmp_path_factory):
     lines = readme_lines()
     script = 'set -e -o pipefail\n' + SNAP + ''.join(f'{l}\n__snap {i}\n' for i, l in enumerate(lines))
     (base/'readme.sh').write_text(script)
+    start = time.time()
     r = subprocess.run(['bash', str(base/'readme.sh')], cwd=repo, env=ENV | {'SNAPSHOTS': str(base/'snapshots.jsonl')},
                        capture_output=True, text=True, timeout=1200)
     snaps = [json.loads(l) for l in (base/'snapshots.jsonl').read_text().splitlines()] if (base/'snapshots.jsonl').exists() else []
-    done = len(snaps)
+    done, t = len(snaps), [start] + [s['t'] for s in snaps]
+    print('\n'.join(f'{t[i + 1] - t[i]:6.1f} s  {lines[i]}' for i in range(done)))  # what a new user waits for (pytest -s)
     assert r.returncode == 0, (f'README line {done} failed ({r.returncode}): {lines[done] if done < len(lines) else "?"}\n'
                                f'{r.stdout[-4000:]}\n{r.stderr[-4000:]}')
     return repo, lines, snaps, r.stdout + r.stderr
