@@ -1,10 +1,14 @@
-"""The docs site in a real browser: build a subset of it with tools/build_docs.py into a temporary folder
-(the index and the backbone-contract page; `make docs` builds every notebook), then open the index and the API
-page in headless Debian chromium through Playwright, from file:// URLs.
+"""The docs site in a real browser: build a subset of it with tools/build_docs.py into a temporary folder (the
+index, two API pages and the model-builder widget demo; `make docs` builds every notebook), then open the pages
+in headless Debian chromium through Playwright, from file:// URLs, with every http(s) request refused (the site
+must work offline; only MathJax's link may be asked for).
 
-Checks that the index's sidebar lists the pages in their folder groups and links to the API page, and that the
-API page shows nbdev's `show_doc` output for `create_backbone` and `FeatureInfo`. Screenshots go to tests/artifacts/."""
-import shutil, subprocess, sys, time
+Checks what a reader sees: the sidebar lists the pages in their folder groups; the API reference (nbdev's
+`show_doc`) is there with signatures as written (`class ConvBlock(config=None, **overrides)`, not
+`config:NoneType=None`); no `In [ ]:`/`Out[1]:` prompts on any page; the widget demo shows the widget as a
+picture of its state after Run All (its images decoded), not its repr (`ModelBuilder(children=...)`).
+Screenshots go to tests/artifacts/."""
+import re, shutil, subprocess, sys, time
 from pathlib import Path
 import pytest
 
@@ -13,6 +17,9 @@ ARTIFACTS = ROOT/'tests'/'artifacts'
 CHROMIUM = '/usr/bin/chromium' if Path('/usr/bin/chromium').exists() else shutil.which('chromium')
 ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
         '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage']
+PAGES = ['index.html', 'backbones/base.html', 'blocks/conv.html', 'widgets/builder.html']
+PROMPT = re.compile(r'\b(In|Out)\s*\[\s*\d*\s*\]\s*:')
+REPR = re.compile(r'\b(VBox|HBox|ModelBuilder|FeatureMapExplorer|TrainingMonitor|RegistryBrowser)\(children=')
 playwright = pytest.importorskip('playwright.sync_api', reason='playwright is not installed (pip install -e ".[dev]")')
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason='/usr/bin/chromium missing: `make test` installs it with apt-get as root')
 
@@ -21,42 +28,91 @@ def site(tmp_path_factory):
     out = tmp_path_factory.mktemp('docs')
     t0 = time.time()
     r = subprocess.run([sys.executable, str(ROOT/'tools'/'build_docs.py'), str(out/'_docs'), '--proc', str(out/'_proc'),
-                        '--only', r'^backbones/00_base', '--no-quarto', '--strict'],
-                       cwd=ROOT, capture_output=True, text=True, timeout=240)
+                        '--only', r'^(backbones/00_base|blocks/00_conv|widgets/00_builder)', '--no-quarto', '--strict', '--verbose'],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f'build_docs failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}'
-    print(f'docs subset built in {time.time()-t0:.1f}s')
+    print(f'docs subset built in {time.time()-t0:.1f}s\n{r.stdout}')
     return out/'_docs'
 
-def test_docs_build_writes_pages(site):
-    assert (site/'index.html').exists() and (site/'backbones'/'base.html').exists()
-    assert sorted(p.relative_to(site).as_posix() for p in site.rglob('*.html')) == ['backbones/base.html', 'index.html']
-
-def test_docs_in_browser(site):
-    ARTIFACTS.mkdir(exist_ok=True)
+@pytest.fixture(scope='module')
+def browser():
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={'width': 1300, 'height': 900})
-        try:
-            page.goto((site/'index.html').as_uri(), wait_until='domcontentloaded')
-            nav = page.locator('#docs-nav')
-            assert nav.locator('h2.docs-group[data-group="backbones"]').count() == 1  # shown upper-case by the CSS
-            link = nav.locator('a[href="backbones/base.html"]')
-            assert link.count() == 1 and 'Backbones' in link.inner_text()
-            assert page.locator('.docs-main h1').count() >= 1  # the home page's own content is there
-            page.screenshot(path=str(ARTIFACTS/'docs_index.png'))
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try: yield b
+        finally: b.close()
 
-            link.click()
-            page.wait_for_url('**/backbones/base.html', wait_until='domcontentloaded')
-            main = page.locator('.docs-main')
-            # nbdev's show_doc output: an H3 per documented symbol, with its signature
-            headings = main.locator('h3').all_inner_texts()
-            assert any('create_backbone' in h for h in headings), headings
-            assert any('FeatureInfo' in h for h in headings), headings
-            assert 'def create_backbone' in main.inner_text()
-            assert page.locator('#docs-nav a[href="../index.html"]').count() >= 1  # the way back
-            page.screenshot(path=str(ARTIFACTS/'docs_api_page.png'), full_page=False)
-        finally:
-            browser.close()
+@pytest.fixture
+def page(browser):
+    "A page that refuses every http(s) request and records it: the site is read offline."
+    pg = browser.new_page(viewport={'width': 1300, 'height': 900})
+    pg.requested = []
+    def refuse(route):
+        pg.requested.append(route.request.url); route.abort()
+    pg.route(re.compile(r'^https?://'), refuse)
+    yield pg
+    pg.close()
+    asked = [u for u in pg.requested if 'mathjax' not in u.lower()]
+    assert not asked, f'the page asked the network for {asked}'
+
+def test_docs_build_writes_pages(site):
+    assert sorted(p.relative_to(site).as_posix() for p in site.rglob('*.html')) == sorted(PAGES)
+
+def test_docs_in_browser(site, page):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.goto((site/'index.html').as_uri(), wait_until='domcontentloaded')
+    nav = page.locator('#docs-nav')
+    assert nav.locator('h2.docs-group[data-group="backbones"]').count() == 1  # shown upper-case by the CSS
+    link = nav.locator('a[href="backbones/base.html"]')
+    assert link.count() == 1 and 'Backbones' in link.inner_text()
+    assert page.locator('.docs-main h1').count() >= 1  # the home page's own content is there
+    page.screenshot(path=str(ARTIFACTS/'docs_index.png'))
+
+    link.click()
+    page.wait_for_url('**/backbones/base.html', wait_until='domcontentloaded')
+    main = page.locator('.docs-main')
+    # nbdev's show_doc output: an H3 per documented symbol, with its signature
+    headings = main.locator('h3').all_inner_texts()
+    assert any('create_backbone' in h for h in headings), headings
+    assert any('FeatureInfo' in h for h in headings), headings
+    assert 'def create_backbone' in main.inner_text()
+    assert page.locator('#docs-nav a[href="../index.html"]').count() >= 1  # the way back
+    page.screenshot(path=str(ARTIFACTS/'docs_api_page.png'), full_page=False)
+
+def test_no_prompts(site, page):
+    "No `In [ ]:` / `Out[3]:` on any page, neither as text nor as (empty) prompt boxes taking room."
+    for rel in PAGES:
+        page.goto((site/rel).as_uri(), wait_until='domcontentloaded')
+        text = page.locator('.docs-main').inner_text()
+        assert not PROMPT.search(text), f'{rel}: prompt shown: {PROMPT.search(text).group(0)!r}'
+        visible = page.evaluate("""() => [...document.querySelectorAll('.jp-InputPrompt, .jp-OutputPrompt')]
+                                   .filter(e => e.offsetWidth > 0 || e.offsetHeight > 0).length""")
+        assert visible == 0, f'{rel}: {visible} prompt boxes visible'
+
+def test_signatures_read_as_written(site, page):
+    "show_doc signatures as in the source: `config=None`, not nbdev's `config:NoneType=None`; classes as `class`."
+    page.goto((site/'blocks'/'conv.html').as_uri(), wait_until='domcontentloaded')
+    main = page.locator('.docs-main')
+    sig = main.locator('h3#ConvBlock + div.highlight pre').first.inner_text()
+    assert re.search(r'class ConvBlock\(\s*config=None, \*\*overrides\s*\):', sig), sig
+    assert 'NoneType' not in main.inner_text()
+    assert 'def ConvBlock(' not in main.inner_text()
+    main.locator('h3#ConvBlock').first.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS/'docs_signature.png'))
+
+def test_widget_shown_as_picture(site, page):
+    "The builder demo's widget is drawn from its state after Run All: controls, labels and its decoded diagram."
+    page.goto((site/'widgets'/'builder.html').as_uri(), wait_until='load')
+    main = page.locator('.docs-main')
+    assert not REPR.search(main.inner_text()), REPR.search(main.inner_text()).group(0)
+    widget = main.locator('.docs-widget').filter(has=page.locator('.w-dropdown')).first
+    assert widget.count() == 1, 'no drawn widget with its dropdowns on the builder page'
+    assert widget.locator('select').count() >= 2 and 'resnet' in widget.inner_text()
+    imgs = widget.locator('img')
+    assert imgs.count() >= 1, 'the widget picture has no image'
+    sizes = imgs.evaluate_all('els => els.map(e => [e.naturalWidth, e.naturalHeight])')
+    assert all(w > 100 and h > 50 for w, h in sizes), sizes  # decoded PNGs, not broken images
+    widget.scroll_into_view_if_needed()
+    widget.screenshot(path=str(ARTIFACTS/'docs_widget_builder.png'))
 
 def test_readme_is_generated_from_index():
     "README.md is what tools/readme.py makes of nbs/index.ipynb (nbdev-readme's job, without Quarto)."
@@ -67,7 +123,7 @@ def test_readme_is_generated_from_index():
 
 def test_learning_path_names_real_notebooks():
     "Every notebook the index names exists, and every tutorial is on the index's learning path."
-    import json, re
+    import json
     text = ''.join(''.join(c['source']) for c in json.loads((ROOT/'nbs'/'index.ipynb').read_text())['cells'] if c['cell_type'] == 'markdown')
     named = set(re.findall(r'`((?:tutorials|widgets|versioning|blocks|backbones|heads|architectures)/\d\d_\w+|\d\d_\w+)`', text))
     missing = sorted(n for n in named if not (ROOT/'nbs'/f'{n}.ipynb').exists())
