@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['SECTION', 'ENV_PREFIX', 'DEVICES', 'PRECISIONS', 'KEYS', 'SettingsError', 'Settings', 'find_settings_file',
-           'load_settings', 'get_settings', 'resolve_device', 'resolve_dtype', 'seed_everything']
+__all__ = ['SECTION', 'ENV_PREFIX', 'DEVICES', 'PRECISIONS', 'KEYS', 'SettingsError', 'Settings', 'read_ini',
+           'find_settings_file', 'load_settings', 'get_settings', 'resolve_device', 'resolve_dtype', 'seed_everything']
 
 # %% ../nbs/00_settings.ipynb #5de3c611
 SECTION = 'core_models'
@@ -61,6 +61,52 @@ def _parse(key, raw, where):
     if not raw: raise bad('a path')
     return raw
 
+# %% ../nbs/00_settings.ipynb #e80dd766
+def _line_of(text:str, key:str) -> int|None:
+    "The line number of the first `key = ...` (or `key: ...`) in `text`, for error messages."
+    for n, line in enumerate(text.splitlines(), 1):
+        k, sep, _ = line.partition('=') if '=' in line else line.partition(':')
+        if sep and k.strip().lower() == key: return n
+    return None
+
+def read_ini(path:Path|str) -> tuple[configparser.ConfigParser, str]:
+    "Parse the INI file `path` (and return its text); a broken file is one `SettingsError` naming the file and line."
+    path = Path(path)
+    try: data = path.read_bytes()
+    except OSError as e: raise SettingsError(f"settings: cannot read {str(path)!r}: {e.strerror or e}") from None
+    try: text = data.decode('utf-8')
+    except UnicodeDecodeError as e:
+        line = data.count(b'\n', 0, e.start) + 1
+        raise SettingsError(f"settings: {str(path)!r} line {line}: expected UTF-8 text, got the byte 0x{data[e.start]:02x} "
+                            "(a binary file?)") from None
+    if '\x00' in text:
+        line = text.count('\n', 0, text.index('\x00')) + 1
+        raise SettingsError(f"settings: {str(path)!r} line {line}: expected text, got a NUL byte (a binary file?)")
+    cp = configparser.ConfigParser(inline_comment_prefixes=('#', ';'))
+    where = f'settings: {str(path)!r} line'
+    try: cp.read_string(text, source=str(path))
+    except configparser.DuplicateOptionError as e:
+        raise SettingsError(f"{where} {e.lineno}: expected each key once per section, got `{e.option}` a second time in [{e.section}]") from None
+    except configparser.DuplicateSectionError as e:
+        raise SettingsError(f"{where} {e.lineno}: expected each section once, got [{e.section}] a second time") from None
+    except configparser.MissingSectionHeaderError as e:
+        raise SettingsError(f"{where} {e.lineno}: expected a section header such as [{SECTION}] before the first key, got {e.line.strip()!r}") from None
+    except configparser.ParsingError as e:
+        lineno, line = e.errors[0]
+        raise SettingsError(f"{where} {lineno}: expected `key = value`, a [section] or a # comment, got {line.strip()!r}") from None
+    return cp, text
+
+def _get(cp:configparser.ConfigParser, key:str, path:Path, text:str) -> str:
+    "The value of `key`, interpolated; a `%(name)s` naming no key (or a lone `%`) is a `SettingsError` naming the key."
+    try: return cp.get(SECTION, key)
+    except configparser.InterpolationError as e:
+        where = f"settings: {str(path)!r}" + (f" line {n}" if (n := _line_of(text, key)) else '')
+        if isinstance(e, configparser.InterpolationMissingOptionError):
+            raise SettingsError(f"{where}: `{key}` refers to %({e.reference})s, but [{SECTION}] has no key `{e.reference}` "
+                                "(write %% for a literal %)") from None
+        raise SettingsError(f"{where}: `{key}` expected %% for a literal % (%(name)s reads another key), "
+                            f"got {cp.get(SECTION, key, raw=True)!r}") from None
+
 # %% ../nbs/00_settings.ipynb #b9410a88
 KEYS = tuple(f.name for f in fields(Settings) if f.name != 'root')
 
@@ -69,10 +115,14 @@ def find_settings_file(start:Path|str|None=None) -> Path|None:
     start = Path(start or Path.cwd()).resolve()
     for d in (start, *start.parents):
         f = d/'settings.ini'
-        if f.is_file():
-            cp = configparser.ConfigParser()
-            cp.read(f)
-            if cp.has_section(SECTION): return f
+        if not f.is_file(): continue
+        try: cp, _ = read_ini(f)
+        except SettingsError:
+            try: ours = f'[{SECTION}]'.encode() in f.read_bytes()
+            except OSError: ours = False
+            if ours: raise  # our file, broken: say so rather than quietly read another one
+            continue  # someone else's broken settings.ini
+        if cp.has_section(SECTION): return f
     return None
 
 def load_settings(path:Path|str|None=None, env:dict|None=None, start:Path|str|None=None) -> Settings:
@@ -82,14 +132,15 @@ def load_settings(path:Path|str|None=None, env:dict|None=None, start:Path|str|No
     values, root = {}, Path.cwd()
     if path is not None:
         path = Path(path)
+        if path.is_dir(): raise SettingsError(f"settings: expected a settings.ini file, got the folder {str(path)!r}")
         if not path.is_file(): raise SettingsError(f"settings: file {str(path)!r} does not exist")
-        cp = configparser.ConfigParser(inline_comment_prefixes=('#', ';'))
-        cp.read(path)
+        cp, text = read_ini(path)
         if not cp.has_section(SECTION): raise SettingsError(f"settings: {str(path)!r} has no [{SECTION}] section")
-        for k, raw in cp.items(SECTION):
+        for k in cp.options(SECTION):
             if k not in KEYS:
-                raise SettingsError(f"settings: unknown key `{k}` in {str(path)!r}; the keys are {', '.join(KEYS)}")
-            values[k] = (raw, str(path))
+                at = f" (line {n})" if (n := _line_of(text, k)) else ''
+                raise SettingsError(f"settings: unknown key `{k}` in {str(path)!r}{at}; the keys are {', '.join(KEYS)}")
+            values[k] = (_get(cp, k, path, text), str(path))
         root = path.resolve().parent
     for k in KEYS:
         if ENV_PREFIX+k.upper() in env: values[k] = (env[ENV_PREFIX+k.upper()], f"${ENV_PREFIX}{k.upper()}")
