@@ -22,9 +22,9 @@ from ..factory import create_model
 from ..summary import summary, ModelSummary, LayerRow, _fmt_shape, _fmt_flops
 
 # %% auto #0
-__all__ = ['CPU_FRIENDLY', 'ARCHITECTURES', 'backbone_choices', 'scaled_overrides', 'has_width_depth', 'model_summary',
-           'stage_rows', 'draw_stages', 'figure_png', 'write_model_params', 'heads_for', 'ModelBuilder', 'update',
-           'save_params']
+__all__ = ['CPU_FRIENDLY', 'DIAGRAM_WIDTH_PX', 'DIAGRAM_DPI', 'ARCHITECTURES', 'backbone_choices', 'scaled_overrides',
+           'has_width_depth', 'model_summary', 'stage_rows', 'StageGroup', 'group_stages', 'draw_stages', 'figure_png',
+           'write_model_params', 'heads_for', 'ModelBuilder', 'update', 'save_params']
 
 # %% ../../nbs/widgets/00_builder.ipynb #cfda1f16
 CPU_FRIENDLY = ('simple_cnn', 'simple_cnn_deep', 'resnet18', 'resnet34', 'resnet50', 'efficientnet_b0', 'efficientnet_b1',
@@ -109,29 +109,82 @@ def _size_chans(shape) -> tuple[int, int]:
     if len(shape) == 3: return shape[1], shape[2]
     return 1, shape[-1]
 
+def _count(n:int) -> str: return f'{n / 1e6:.2f}M' if n >= 1e6 else f'{n / 1e3:.1f}K' if n >= 1e3 else str(n)
+
+class StageGroup:
+    "A run of stage rows that are one module repeated (a ViT's encoder blocks): drawn as one box."
+    def __init__(self, rows:list[LayerRow]): self.rows = list(rows)
+    @property
+    def count(self) -> int: return len(self.rows)
+    @property
+    def name(self) -> str:
+        "The rows' name, `backbone.blocks.0-11` for a run."
+        first, last = self.rows[0].name, self.rows[-1].name
+        return first if self.count == 1 else f"{first}-{last.rsplit('.', 1)[-1]}"
+    @property
+    def type(self) -> str:
+        "The module's type, `12 × AttentionBlock` for a run."
+        return self.rows[0].type if self.count == 1 else f'{self.count} × {self.rows[0].type}'
+    @property
+    def label(self) -> str:
+        "What the box says: the stage's short name, or its type for a run."
+        return self.name.removeprefix('backbone.') if self.count == 1 else self.type
+    @property
+    def output_shape(self): return self.rows[-1].output_shape
+    @property
+    def params(self) -> int: return sum(r.params for r in self.rows)
+    @property
+    def flops(self) -> int: return sum(r.flops for r in self.rows)
+    def __repr__(self): return f'StageGroup({self.label!r}, {self.name!r})'
+
+def _same_module(a:LayerRow, b:LayerRow) -> bool:
+    return (a.type, a.output_shape, a.params, a.name.rsplit('.', 1)[0]) == (b.type, b.output_shape, b.params, b.name.rsplit('.', 1)[0])
+
+def group_stages(rows:list[LayerRow]) -> list[StageGroup]:
+    "`rows` with each run of the same module repeated folded into one `StageGroup`."
+    groups = []
+    for r in rows:
+        if groups and _same_module(groups[-1].rows[0], r): groups[-1].rows.append(r)
+        else: groups.append(StageGroup([r]))
+    return groups
+
 _HUES = {'backbone': 'Blues', 'neck': 'Greens', 'head': 'Oranges'}
+DIAGRAM_WIDTH_PX, DIAGRAM_DPI = 900, 100
 
 def draw_stages(rows:list[LayerRow], title:str='') -> Figure:
-    "A matplotlib figure of `rows` as boxes: height ~ log spatial size, colour ~ log channels, shape below."
+    "A figure of `rows` as boxes (runs of one module as one stack): height ~ log spatial size, colour ~ log channels."
     import matplotlib
-    n = max(len(rows), 1)
-    fig = Figure(figsize=(min(max(6, 0.85 * n + 1), 16), 3.2), dpi=80)
-    ax = fig.add_subplot()
-    sizes = [_size_chans(r.output_shape) for r in rows]
+    groups = group_stages(rows)
+    n = max(len(groups), 1)
+    width = min(max(5.0, 1.5 * n + 0.5), DIAGRAM_WIDTH_PX / DIAGRAM_DPI)
+    fig = Figure(figsize=(width, 2.9), dpi=DIAGRAM_DPI)
+    ax = fig.add_axes((0.01, 0.02, 0.98, 0.86 if title else 0.96))
+    sizes = [_size_chans(g.output_shape) for g in groups]
     hmax = max([math.log2(s + 1) for s, _ in sizes] + [1])
     cmax = max([math.log2(c + 1) for _, c in sizes] + [1])
-    for i, (r, (sz, ch)) in enumerate(zip(rows, sizes)):
-        h = 0.25 + 0.75 * math.log2(sz + 1) / hmax
-        cmap = matplotlib.colormaps[_HUES.get(r.name.split('.')[0], 'Greys')]
-        ax.add_patch(FancyBboxPatch((i + 0.1, -h / 2), 0.8, h, boxstyle='round,pad=0.02',
-                                    fc=cmap(0.25 + 0.65 * math.log2(ch + 1) / cmax), ec='#333', lw=0.8))
-        label = r.name.split('.', 1)[-1] if r.name.startswith('backbone.') else r.name
-        ax.text(i + 0.5, 0.56, label, ha='center', va='bottom', fontsize=7, rotation=30)
-        ax.text(i + 0.5, -0.56, _fmt_shape(r.output_shape).replace(', ', 'x').replace('[1x', '['), ha='center', va='top',
-                fontsize=6, rotation=30)
-    ax.set_xlim(0, n); ax.set_ylim(-1.05, 1.05); ax.axis('off')
-    if title: ax.set_title(title, fontsize=9, loc='left')
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.9)
+    slot = width * DIAGRAM_DPI * 0.98 / n  # pixels per box
+    fits = lambda fs: max(len(g.label) for g in groups) * fs * 0.62 * DIAGRAM_DPI / 72 < 0.95 * slot
+    fs = 10 if fits(10) else 9
+    rot = 0 if fits(fs) else 20
+    for i, (g, (sz, ch)) in enumerate(zip(groups, sizes)):
+        h = 0.3 + 0.7 * math.log2(sz + 1) / hmax
+        cmap = matplotlib.colormaps[_HUES.get(g.name.split('.')[0], 'Greys')]
+        shade = 0.25 + 0.6 * math.log2(ch + 1) / cmax
+        box = dict(boxstyle='round,pad=0.02', ec='#333', lw=0.8)
+        for k in range(min(g.count - 1, 2), 0, -1):  # a run is a stack: two cards behind its box
+            ax.add_patch(FancyBboxPatch((i + 0.12 + 0.035 * k, -h / 2 + 0.04 * k), 0.74, h, fc=cmap(0.8 * shade), **box))
+        ax.add_patch(FancyBboxPatch((i + 0.12, -h / 2), 0.74, h, fc=cmap(shade), **box))
+        if g.count > 1:  # its count on it, its members' names above its label
+            ax.text(i + 0.49, 0, f'{g.count}×', ha='center', va='center', fontsize=fs + 6, weight='bold',
+                    color='white' if shade > 0.5 else '#111')
+            ax.text(i + 0.5, 0.79, g.name.removeprefix('backbone.'), ha='center', va='bottom', fontsize=fs - 1, rotation=rot, color='#555')
+        ax.text(i + 0.5, 0.62, g.label, ha='center', va='bottom', fontsize=fs, rotation=rot, weight='bold' if g.count > 1 else 'normal')
+        ax.text(i + 0.5, -0.6, _fmt_shape(g.output_shape).replace(', ', 'x').replace('[1x', '['), ha='center', va='top',
+                fontsize=fs - 1, rotation=rot, color='#333')
+        ax.text(i + 0.5, -0.82, _count(g.params) + (' params' if slot > 115 else ''), ha='center', va='top', fontsize=fs - 1,
+                rotation=rot, color='#555')
+    ax.set_xlim(0, n); ax.set_ylim(-1.1, 1.05); ax.axis('off')
+    if title: fig.suptitle(title, fontsize=10, x=0.01, ha='left')
     return fig
 
 def figure_png(fig:Figure) -> bytes:
@@ -196,9 +249,9 @@ class ModelBuilder(W.VBox):
         self.flops_label = W.Label()
         self.status = W.HTML()
         self.table = W.HTML()
-        self.diagram = W.Image(format='png')
+        self.diagram = W.Image(format='png', layout=W.Layout(align_self='flex-start', max_width='100%'))  # its own size, not stretched
         self.params_path = W.Text(value=str(params_path), description='params file', style=style)
-        self.save_button = W.Button(description='Write to params.yaml', icon='save')
+        self.save_button = W.Button(description='Write to params.yaml', icon='save', layout=W.Layout(width='auto'))
         self.save_button.on_click(lambda _: self.save_params())
         self._model = self._meta = self._summary = self.figure = None
         self.error, self.last_update_s = None, None
@@ -212,6 +265,7 @@ class ModelBuilder(W.VBox):
             w.observe(self._changed, names='value')
         self.architecture.observe(self._arch_changed, names='value')
         self.all_backbones.observe(self._filter_changed, names='value')
+        self.add_class('cm-model-builder')  # how a page (or a browser test) finds it
         self._hold = False
         self.update()
 
@@ -268,7 +322,7 @@ def update(self:ModelBuilder):
     e = html.escape
     body = ''.join(f'<tr><td style="text-align:left"><code>{e(r.name)}</code></td><td style="text-align:left">{e(r.type)}</td>'
                    f'<td style="text-align:left">{e(_fmt_shape(r.output_shape))}</td><td style="text-align:right">{r.params:,}</td>'
-                   f'<td style="text-align:right">{_fmt_flops(r.flops)}</td></tr>' for r in rows)
+                   f'<td style="text-align:right">{_fmt_flops(r.flops)}</td></tr>' for r in group_stages(rows))
     self.table.value = ('<table class="cm-stages"><thead><tr><th style="text-align:left">stage</th><th style="text-align:left">type</th>'
                         '<th style="text-align:left">output shape</th><th style="text-align:right">params</th>'
                         f'<th style="text-align:right">FLOPs</th></tr></thead><tbody>{body}</tbody></table>')

@@ -7,6 +7,7 @@ Docs: https://core-models.github.io/core-models/widgets/features.html.md"""
 # %% ../../nbs/widgets/01_features.ipynb #3223f565
 from __future__ import annotations
 import html, io, time
+from functools import lru_cache
 import torch, torch.nn as nn, torch.nn.functional as F
 import ipywidgets as W
 from matplotlib.figure import Figure
@@ -15,12 +16,13 @@ from ..backbones.vit import VisionTransformer
 from ..architectures import BaseArchitecture
 from ..factory import create_model
 from ..data import DigitsDataset, ShapesDataset
+from ..training import Trainer, TrainConfig
 from .builder import figure_png
 
 # %% auto #0
-__all__ = ['EXPLORER_MODELS', 'PER_PAGE', 'sample_images', 'model_input_size', 'resolve_normalization', 'prepare_image',
-           'stage_names', 'capture', 'as_maps', 'vit_attentions', 'attention_rollout', 'grad_cam', 'FeatureMapExplorer',
-           'resolve_model', 'update']
+__all__ = ['EXPLORER_MODELS', 'DEFAULT_MODEL', 'PER_PAGE', 'sample_images', 'model_input_size', 'resolve_normalization',
+           'prepare_image', 'trained_digits_model', 'stage_names', 'capture', 'as_maps', 'vit_attentions',
+           'attention_rollout', 'grad_cam', 'FeatureMapExplorer', 'resolve_model', 'update']
 
 # %% ../../nbs/widgets/01_features.ipynb #104ec5d4
 def sample_images() -> dict[str, torch.Tensor]:
@@ -82,6 +84,16 @@ def prepare_image(model:nn.Module, image:torch.Tensor, normalize=False) -> torch
         x = (x - mean) / std
     p = next(model.parameters(), None)
     return x if p is None else x.to(p.device, p.dtype if p.is_floating_point() else x.dtype)
+
+# %% ../../nbs/widgets/01_features.ipynb #fee4af1f
+@lru_cache(maxsize=None)
+def trained_digits_model(epochs:int=4, seed:int=0) -> nn.Module:
+    "A small `simple_cnn` trained on the bundled digits (32 px, grey) for `epochs`, in eval mode; made once per process."
+    torch.manual_seed(seed)
+    model = create_model('cnn', backbone={'name': 'simple_cnn', 'widths': (8, 16, 32)}, num_classes=10, in_chans=1, img_size=32)
+    config = TrainConfig(epochs=epochs, batch_size=32, lr=3e-2, schedule='onecycle', seed=seed, progress=False)
+    Trainer(model, DigitsDataset('train'), DigitsDataset('val'), config=config).fit()
+    return model.eval()
 
 # %% ../../nbs/widgets/01_features.ipynb #3e36a056
 def _prefix(model): return 'backbone.' if isinstance(getattr(model, 'backbone', None), Backbone) else ''
@@ -152,6 +164,7 @@ def grad_cam(model:nn.Module, x:torch.Tensor, layer:str, target:int|None=None) -
 
 # %% ../../nbs/widgets/01_features.ipynb #e0478b6a
 EXPLORER_MODELS = ('simple_cnn', 'resnet18', 'efficientnet_b0', 'vit_tiny_16')
+DEFAULT_MODEL = 'trained digits cnn'  # `trained_digits_model()`, when no models are given
 PER_PAGE = 16
 
 class FeatureMapExplorer(W.VBox):
@@ -161,7 +174,7 @@ class FeatureMapExplorer(W.VBox):
         _check_normalize(normalize)
         self._hold, self.registry, self.classes, self.img_size, self._normalize = True, registry, classes, img_size, normalize
         if isinstance(models, nn.Module): models = {type(models).__name__: models}
-        self._models = dict(models or {})
+        self._models = dict(models) if models is not None else {DEFAULT_MODEL: trained_digits_model()}
         self.samples = sample_images()
         reg = [f'{n}@{v.version}' for n in registry.list() for v in registry.versions(n)] if registry is not None else []
         style = dict(description_width='initial')
@@ -181,6 +194,7 @@ class FeatureMapExplorer(W.VBox):
         self.model.observe(lambda c: self._model_changed(), names='value')
         self.upload.observe(lambda c: self._uploaded(), names='value')
         for w in (self.image, self.view, self.layer, self.page): w.observe(lambda c: self._hold or self.update(), names='value')
+        self.add_class('cm-feature-explorer')  # how a page (or a browser test) finds it
         self._hold = False
         self._model_changed()
 
@@ -234,12 +248,12 @@ FeatureMapExplorer.resolve_model, FeatureMapExplorer._model_changed, FeatureMapE
 def _grid(fig:Figure, images:list, titles:list, ncols:int=4, cmap='viridis', base=None):
     n = max(len(images), 1)
     nrows = (n + ncols - 1) // ncols
-    axs = fig.subplots(nrows, ncols, squeeze=False)
+    axs = fig.subplots(nrows, ncols, squeeze=False, gridspec_kw=dict(hspace=0.45, wspace=0.15))  # titles clear of the row above
     for ax in axs.flat: ax.axis('off')
     for ax, im, t in zip(axs.flat, images, titles):
         if base is not None: ax.imshow(base, cmap='gray')
         ax.imshow(im, cmap=cmap, alpha=0.55 if base is not None else 1.0)
-        ax.set_title(t, fontsize=7)
+        ax.set_title(t, fontsize=9)
 
 def _show_image(img:torch.Tensor):
     return img[0] if img.shape[0] == 1 else img.permute(1, 2, 0).clamp(0, 1)
@@ -255,7 +269,7 @@ def update(self:FeatureMapExplorer):
     t0 = time.perf_counter()
     m, img = self.current, self.samples[self.image.value]
     view, layer = self.view.value, self.layer.value
-    fig = Figure(figsize=(6, 4.2 if view in ('feature maps', 'attention') else 3.4), dpi=72)
+    fig = Figure(figsize=(6, 4.4 if view in ('feature maps', 'attention') else 3.6), dpi=90)  # 540 px wide, 9-10 pt titles
     shown = dict.fromkeys(('maps', 'attention', 'rollout', 'cam'))
     try:
         x = prepare_image(m, img, self.normalize)
@@ -269,7 +283,7 @@ def update(self:FeatureMapExplorer):
             start = min(self.page.value, pages) * PER_PAGE
             chans = range(start, min(start + PER_PAGE, fmap.shape[0]))
             _grid(fig, [fmap[c] for c in chans], [f'ch {c}' for c in chans])
-            fig.suptitle(f'{layer}: {tuple(fmap.shape)}', fontsize=8)
+            fig.suptitle(f'{layer}: {tuple(fmap.shape)}', fontsize=10)
         elif view in ('attention', 'rollout'):
             with torch.no_grad(): logits = m(x)
             atts = vit_attentions(m, x)
@@ -277,7 +291,7 @@ def update(self:FeatureMapExplorer):
             if view == 'attention':
                 a = shown['attention'] = _cpu(atts[int(layer.rsplit('.', 1)[1])][0, :, 0, 1:]).reshape(-1, *g)
                 _grid(fig, list(a), [f'head {i}' for i in range(len(a))], ncols=min(len(a), 4), cmap='inferno')
-                fig.suptitle(f'class-token attention, {layer}', fontsize=8)
+                fig.suptitle(f'class-token attention, {layer}', fontsize=10)
             else:
                 r = attention_rollout(atts)[0, 0, 1:].reshape(g)
                 r = shown['rollout'] = _cpu(F.interpolate(r[None, None], size=x.shape[-2:], mode='bilinear')[0, 0])

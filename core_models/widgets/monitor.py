@@ -36,6 +36,7 @@ class TrainingMonitor(Callback):
         self.stop_button.on_click(lambda _: self.stop())
         self.plot = W.Image(format='png')
         self.widget = W.VBox([W.HBox([self.progress, self.eta, self.lr, self.stop_button]), self.plot, self.status])
+        self.widget.add_class('cm-training-monitor')  # how a page (or a browser test) finds it
         self.figure = Figure(figsize=figsize, dpi=dpi)
         FigureCanvasAgg(self.figure)
         self.trainer, self.batch_losses, self.history, self.draws = None, [], [], 0
@@ -58,7 +59,8 @@ def on_fit_start(self:TrainingMonitor, trainer):
     self.epochs, self.steps_per_epoch = int(trainer.config.epochs), max(int(trainer.steps_per_epoch), 1)
     self._t0 = time.perf_counter()
     self.progress.max, self.progress.value, self.progress.bar_style = self.steps_per_epoch, 0, 'info'
-    self.stop_button.disabled, self.status.value, self.summary = False, 'training', 'no epoch finished'
+    self.stop_button.disabled, self.stop_button.layout.display = False, None  # shown while a fit runs
+    self.status.value, self.summary = 'training', 'no epoch finished'
     self.eta.value = 'ETA -'
 
 @patch
@@ -93,7 +95,7 @@ def on_epoch_end(self:TrainingMonitor, trainer, epoch:int, metrics:dict):
 @patch
 def on_fit_end(self:TrainingMonitor, trainer, history):
     stopped = bool(getattr(trainer, 'stop_training', False))
-    self.stop_button.disabled = True
+    self.stop_button.disabled, self.stop_button.layout.display = True, 'none'  # nothing left to stop
     self.progress.bar_style = 'warning' if stopped else 'success'
     self.eta.value = f'done in {_clock(time.perf_counter() - self._t0)}'
     self.status.value = ('stopped by the Stop button · ' if stopped else 'finished · ') + self.summary

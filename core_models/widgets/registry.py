@@ -76,13 +76,14 @@ class RegistryBrowser:
         self.b = W.Dropdown(description='B', layout=W.Layout(width='auto'))
         self.load_a, self.load_b = W.Button(description='Load A', icon='download'), W.Button(description='Load B', icon='download')
         self.refresh_button = W.Button(description='Refresh', icon='refresh')
-        self.status = W.Label()
+        self.status = W.HTML(layout=W.Layout(width='100%'))
         self.load_a.on_click(lambda _: self.load('a'))
         self.load_b.on_click(lambda _: self.load('b'))
         self.refresh_button.on_click(lambda _: self.refresh())
         for dd in (self.a, self.b): dd.observe(lambda _: self._show_diff(), 'value')
         self.widget = W.VBox([W.HTML('<b>Registered versions</b>'), self.table, W.HBox([self.a, self.b, self.refresh_button]),
-                              self.diff, W.HBox([self.load_a, self.load_b, self.status])])
+                              self.diff, W.HBox([self.load_a, self.load_b]), self.status])
+        self.widget.add_class('cm-registry-browser')
         self.refresh()
 
     def _repr_mimebundle_(self, **kwargs): return self.widget._repr_mimebundle_(**kwargs)
@@ -90,6 +91,12 @@ class RegistryBrowser:
 
 # %% ../../nbs/widgets/03_registry.ipynb #635151cd
 def _label(mv:ModelVersion) -> str: return f"{mv.name} {mv.version}" + (f" ({', '.join(mv.stages)})" if mv.stages else '')
+
+@patch
+def say(self:RegistryBrowser, text:str, error:bool=False):
+    "Show `text` in the status line (escaped; red when `error`)."
+    color = '#b00020' if error else 'inherit'
+    self.status.value = f'<div style="white-space:normal;line-height:1.4;color:{color}">{"⚠ " if error else ""}{html.escape(text)}</div>'
 
 @patch
 def refresh(self:RegistryBrowser):
@@ -107,7 +114,7 @@ def refresh(self:RegistryBrowser):
         self.b.value = b if b in keys else (keys[-1] if keys else None)
     finally: self._quiet = False
     self._show_diff()
-    self.status.value = f'{len(keys)} versions'
+    self.say(f'{len(keys)} versions')
 
 @patch
 def _show_diff(self:RegistryBrowser):
@@ -124,11 +131,11 @@ def load(self:RegistryBrowser, which:str='a') -> nn.Module|None:
     "Load the version picked in A or B into `self.model` (errors go to the status line; the last model stays)."
     if which not in ('a', 'b'): raise ValueError(f"RegistryBrowser.load: `which` expected 'a' or 'b', got {which!r}")
     key = getattr(self, which).value
-    if key is None: self.status.value = 'nothing to load'; return None
+    if key is None: self.say('nothing to load'); return None
     t0 = time.perf_counter()
     try: model = self.registry.load(*key)
-    except Exception as e: self.status.value = f'could not load {key[0]} {key[1]}: {e}'; return None
+    except Exception as e: self.say(f'could not load {key[0]} {key[1]}: {e}', error=True); return None
     self.model, self.loaded = model, self._versions[key]
-    self.status.value = (f'loaded {key[0]} {key[1]} into .model '
-                         f'({sum(p.numel() for p in model.parameters()):,} params, {time.perf_counter() - t0:.2f} s)')
+    self.say(f'loaded {key[0]} {key[1]} into .model ({sum(p.numel() for p in model.parameters()):,} params, '
+             f'{time.perf_counter() - t0:.2f} s)')
     return model
