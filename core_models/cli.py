@@ -6,14 +6,14 @@ Docs: https://core-models.github.io/core-models/cli.html.md"""
 
 # %% ../nbs/07_cli.ipynb #3b31dc66
 from __future__ import annotations
-import argparse, json, subprocess, sys
+import argparse, importlib.util, json, subprocess, sys
 from pathlib import Path
 import yaml
 
 # %% auto #0
 __all__ = ['PipelineError', 'load_params', 'section', 'prepare', 'model_from_params', 'datasets_from_params', 'train',
            'load_model', 'plot_losses', 'evaluate', 'run_summary', 'format_table', 'find_artifact', 'check_releasable',
-           'dvc_project', 'release', 'main']
+           'dvc_project', 'release', 'raised_by_the_kit', 'error_message', 'main']
 
 # %% ../nbs/07_cli.ipynb #447e61c1
 class PipelineError(RuntimeError):
@@ -23,7 +23,11 @@ def load_params(path:str|Path='params.yaml') -> dict:
     "The parameters in the YAML file `path` (a mapping of sections)."
     path = Path(path)
     if not path.is_file(): raise PipelineError(f'no params file at {str(path)!r}; run from the repository root or pass --params')
-    params = yaml.safe_load(path.read_text()) or {}
+    try: params = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, 'problem_mark', None)
+        where = f' line {mark.line + 1}, column {mark.column + 1}' if mark else ''
+        raise PipelineError(f"{str(path)!r}{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
     if not isinstance(params, dict): raise PipelineError(f'{str(path)!r}: expected a mapping of sections, got {type(params).__name__}')
     return params
 
@@ -60,13 +64,15 @@ def datasets_from_params(params:dict, root:str|Path='.', splits=('train', 'val')
     from torch.utils.data import Subset
     from core_models.data import load_prepared, default_transforms
     d = section(params, 'data')
-    name, task = d.get('name', 'digits'), d.get('task', 'classification')
+    name, task, subset = d.get('name', 'digits'), d.get('task', 'classification'), d.get('train_subset')
+    if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
+        raise PipelineError(f'params data.train_subset: expected a whole number >= 1 or null (all images), got {subset!r}')
     out = []
     for split in splits:
         ds = load_prepared(name, split, Path(root)/'data', task=task)
         if split == 'train' and d.get('augment'): ds.transform = default_transforms(task, train=True, flip=ds.hflip)
-        if split == 'train' and d.get('train_subset'):
-            sub = Subset(ds, range(min(int(d['train_subset']), len(ds))))
+        if split == 'train' and subset:
+            sub = Subset(ds, range(min(subset, len(ds))))
             for a in ('name', 'split', 'task', 'classes'): setattr(sub, a, getattr(ds, a))
             ds = sub
         out.append(ds)
@@ -235,8 +241,12 @@ def release(name:str, version:str, repo:str|Path='.', push:bool=False, registry:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='core-models', description='The stages of the core_models DVC pipeline, and model releases.')
     sub = p.add_subparsers(dest='command', required=True)
-    def stage(name, help):
+    def command(name, help):
         s = sub.add_parser(name, help=help)
+        s.add_argument('--debug', action='store_true', help="show the full traceback of an error instead of its message")
+        return s
+    def stage(name, help):
+        s = command(name, help)
         s.add_argument('--params', default='params.yaml', help='params file (default: params.yaml)')
         return s
     s = stage('prepare', 'write the datasets of the prepare: section into data/')
@@ -248,34 +258,49 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument('--model', default='models/digits-cnn', help='checkpoint folder to evaluate')
     s.add_argument('--out', default='eval', help='folder for metrics.json, confusion.tsv and plots/')
     s.add_argument('--live', default='dvclive/train', help="dvclive folder of the training run (for the loss curves)")
-    s = sub.add_parser('metrics', help="the run's numbers: test metrics, best validation metric, epochs, training time")
+    s = command('metrics', help="the run's numbers: test metrics, best validation metric, epochs, training time")
     s.add_argument('--eval', default='eval', help="evaluate's output folder")
     s.add_argument('--live', default='dvclive/train', help="dvclive folder of the training run")
-    s = sub.add_parser('release', help="register HEAD's model as NAME VERSION (registry commit + GTO tag NAME@vVERSION)")
+    s = command('release', help="register HEAD's model as NAME VERSION (registry commit + GTO tag NAME@vVERSION)")
     s.add_argument('name'); s.add_argument('version')
     s.add_argument('--push', action='store_true', help='dvc push the model first instead of refusing when it is not pushed')
     return p
 
-def main(argv:list[str]|None=None) -> int:
-    "Entry point of the `core-models` console script."
-    a = _parser().parse_args(argv)
-    try:
-        if a.command == 'release':
-            mv = release(a.name, a.version, push=a.push)
-            print(f'released {mv.tag}: weights {mv.digest[:12]}, metrics {mv.metrics}')
-            return 0
-        if a.command == 'metrics':
-            print(format_table(run_summary(a.eval, a.live)))
-            return 0
-        params = load_params(a.params)
-        if a.command == 'prepare':
-            for p in prepare(params, only=a.only): print(f'prepare: wrote {p}')
-        elif a.command == 'train':
-            row = train(params, a.out, a.live)
-            print('train: ' + ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in row.items()))
-        elif a.command == 'evaluate':
-            print('evaluate: ' + ', '.join(f'{k}={v:.4g}' for k, v in evaluate(params, a.model, a.out, a.live).items()))
-    except PipelineError as e:
-        print(f'core-models {a.command}: {e}', file=sys.stderr)
-        return 1
+def raised_by_the_kit(e:BaseException) -> bool:
+    "Whether `e` was raised by core_models' own code (a refusal it explains) rather than from deep inside a library."
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None: tb = tb.tb_next
+    kit = Path(importlib.util.find_spec('core_models').origin).resolve().parent
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(kit)
+
+def error_message(e:BaseException) -> str:
+    "The message of `e` as a user reads it (a KeyError's without the quotes `str` adds)."
+    return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+
+def _command(a) -> int:
+    if a.command == 'release':
+        mv = release(a.name, a.version, push=a.push)
+        print(f'released {mv.tag}: weights {mv.digest[:12]}, metrics {mv.metrics}')
+        return 0
+    if a.command == 'metrics':
+        print(format_table(run_summary(a.eval, a.live)))
+        return 0
+    params = load_params(a.params)
+    if a.command == 'prepare':
+        for p in prepare(params, only=a.only): print(f'prepare: wrote {p}')
+    elif a.command == 'train':
+        row = train(params, a.out, a.live)
+        print('train: ' + ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in row.items()))
+    elif a.command == 'evaluate':
+        print('evaluate: ' + ', '.join(f'{k}={v:.4g}' for k, v in evaluate(params, a.model, a.out, a.live).items()))
     return 0
+
+def main(argv:list[str]|None=None) -> int:
+    "Entry point of the `core-models` console script: 0, or 2 with one message on stderr when the kit refuses."
+    a = _parser().parse_args(argv)
+    try: return _command(a)
+    except Exception as e:
+        if a.debug or not (isinstance(e, PipelineError) or raised_by_the_kit(e)): raise
+        print(f'core-models {a.command}: {error_message(e)}', file=sys.stderr)
+        return 2
+
