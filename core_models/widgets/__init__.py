@@ -4,6 +4,6 @@ browse registered versions (`registry`). `import core_models.widgets as w; w.Mod
 Hand-written re-exports; each submodule is generated from its notebook under `nbs/widgets/`."""
 
 from .builder import ModelBuilder
-from .features import FeatureMapExplorer
+from .features import FeatureMapExplorer, trained_digits_model
 from .monitor import TrainingMonitor
 from .registry import RegistryBrowser, diff_versions, version_rows
