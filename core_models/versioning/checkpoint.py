@@ -6,20 +6,22 @@ Docs: https://core-models.github.io/core-models/versioning/checkpoint.html.md"""
 
 # %% ../../nbs/versioning/00_checkpoint.ipynb #2ea5430f
 from __future__ import annotations
-import dataclasses, datetime, hashlib, io, json, math, os, pickle, platform, random, re, secrets, shutil, subprocess, warnings
+import contextlib, dataclasses, datetime, errno, hashlib, io, json, math, os, pickle, platform, random, re, secrets, shutil, subprocess, warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import torch, torch.nn as nn
+from safetensors import SafetensorError
 from safetensors.torch import save_file as _st_save_file, load as _st_load
 import core_models
 from ..settings import get_settings
 
 # %% auto #0
 __all__ = ['WEIGHTS_NAME', 'STATE_NAME', 'META_NAME', 'FORMAT', 'FORMAT_VERSION', 'KEYS_METADATA', 'CheckpointError',
-           'sha256_file', 'to_jsonable', 'config_hash', 'rng_state', 'set_rng_state', 'git_info', 'save_checkpoint',
-           'verify_checkpoint', 'Checkpoint', 'load_checkpoint', 'CheckpointManager']
+           'sha256_file', 'to_jsonable', 'config_hash', 'rng_state', 'set_rng_state', 'CheckpointWriteError',
+           'git_info', 'save_checkpoint', 'read_meta', 'verify_checkpoint', 'Checkpoint', 'load_checkpoint',
+           'nonfinite_tensors', 'describe_nonfinite', 'CheckpointManager']
 
 # %% ../../nbs/versioning/00_checkpoint.ipynb #9b474451
 WEIGHTS_NAME = 'model.safetensors'
@@ -81,6 +83,39 @@ def set_rng_state(state:dict):
     if state.get('cuda') is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state['cuda']])
 
+# %% ../../nbs/versioning/00_checkpoint.ipynb #65c5202e
+class CheckpointWriteError(OSError):
+    "A checkpoint could not be written (disk full, over quota, read-only, no permission); names the file. What was at the path before is intact."
+    def __str__(self): return self.strerror or super().__str__()  # the message, which names the file already
+
+_OS_ERROR = re.compile(r'os error (\d+)')
+_WRITE_HINTS = {errno.ENOSPC: 'free some space or save to another disk', errno.EDQUOT: 'free some of your quota or save elsewhere',
+                errno.EROFS: 'the file system is read-only; save elsewhere', errno.EACCES: 'no permission to write there; save elsewhere',
+                errno.EFBIG: 'the file is larger than this process or file system allows'}
+
+def _errno_of(e:BaseException) -> int|None:
+    "The OS error number behind `e`: its own, one in its message (safetensors: 'os error 28'), or its cause's (torch.save)."
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(getattr(e, 'errno', None), int): return e.errno
+        if m := _OS_ERROR.search(str(e)): return int(m[1])
+        e = e.__cause__ or e.__context__
+    return None
+
+@contextlib.contextmanager
+def _writing(f:Path, target:Path):
+    "Turn a failure while writing `f` (part of the checkpoint `target`) into one `CheckpointWriteError` naming both."
+    try: yield
+    except (OSError, RuntimeError, SafetensorError) as e:
+        if isinstance(e, CheckpointWriteError): raise
+        code = _errno_of(e)
+        reason = os.strerror(code) if code else f'{type(e).__name__}: {e}'
+        hint = _WRITE_HINTS.get(code)
+        what = f.name if f.parent.name.startswith(f'.{target.name}.tmp-') else repr(str(f))  # a file of the temporary folder: by its name
+        raise CheckpointWriteError(code, f'could not write the checkpoint {str(target)!r}: {reason} while writing {what}; '
+                                   f'what was at that path before is unchanged{" (" + hint + ")" if hint else ""}', str(f)) from e
+
 # %% ../../nbs/versioning/00_checkpoint.ipynb #71feae92
 _SIBLING = re.compile(r'^\.(?P<name>.+)\.(?P<kind>tmp|old|del)-(?P<pid>\d+)-[0-9a-f]+$')
 
@@ -122,30 +157,42 @@ def _is_checkpoint_dir(p:Path) -> bool:
     try: return json.loads((p/META_NAME).read_text()).get('format') == FORMAT
     except (OSError, ValueError, AttributeError): return False
 
+def _make_parents(folder:Path) -> list[Path]:
+    "Create `folder` and its missing parents; the ones created, outermost first (to remove again if the save fails)."
+    missing = [d for d in (folder, *folder.parents) if not d.exists()][::-1]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
 def _write_atomic_dir(target:Path, write) -> Path:
     "Call `write(tmp_dir)` to fill a temporary sibling of `target`, fsync it, then swap it in (see above)."
     target = Path(target)
     parent = target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    if target.exists() and not (target.is_dir() and (not any(target.iterdir()) or _is_checkpoint_dir(target))):
-        raise CheckpointError(f'{str(target)!r} exists and is not a checkpoint folder; refusing to replace it')
-    for stale in _siblings(target, 'tmp') + _siblings(target, 'del'):  # left by writers that crashed
-        if not _pid_alive(_sibling_pid(stale)): _remove_tree(stale)
-    tag = f'{os.getpid()}-{secrets.token_hex(4)}'
-    tmp = parent/f'.{target.name}.tmp-{tag}'
-    tmp.mkdir()
+    with _writing(parent, target): created = _make_parents(parent)
+    tmp = None
     try:
+        if target.exists() and not (target.is_dir() and (not any(target.iterdir()) or _is_checkpoint_dir(target))):
+            raise CheckpointError(f'{str(target)!r} exists and is not a checkpoint folder; refusing to replace it')
+        for stale in _siblings(target, 'tmp') + _siblings(target, 'del'):  # left by writers that crashed
+            if not _pid_alive(_sibling_pid(stale)): _remove_tree(stale)
+        tag = f'{os.getpid()}-{secrets.token_hex(4)}'
+        tmp = parent/f'.{target.name}.tmp-{tag}'
+        with _writing(tmp, target): tmp.mkdir()
         write(tmp)
-        for f in tmp.iterdir(): _fsync_path(f)
+        for f in tmp.iterdir():
+            with _writing(f, target): _fsync_path(f)
         _fsync_path(tmp, directory=True)
         old = None
-        if target.exists():
-            old = parent/f'.{target.name}.old-{tag}'
-            os.rename(target, old)
-        os.rename(tmp, target)
+        with _writing(target, target):
+            if target.exists():
+                old = parent/f'.{target.name}.old-{tag}'
+                os.rename(target, old)
+            os.rename(tmp, target)
         _fsync_path(parent, directory=True)
     except BaseException:
-        _remove_tree(tmp)
+        if tmp is not None: _remove_tree(tmp)
+        for d in reversed(created):  # a failed first save leaves no empty folders behind
+            try: d.rmdir()
+            except OSError: break
         raise
     for stale in _siblings(target, 'old'):  # ours, and any left by a writer that crashed between the renames
         if stale == old or not _pid_alive(_sibling_pid(stale)): _remove_tree(stale)
@@ -216,13 +263,14 @@ def save_checkpoint(model:nn.Module, optimizer:torch.optim.Optimizer|None=None, 
                                'scaler': type(scaler).__name__ if scaler is not None else None},
             'versions': _versions(), 'git': git_info(), 'extra': extra}
     def write(d:Path):
-        _st_save_file(weights, d/WEIGHTS_NAME, metadata={'format': 'pt', KEYS_METADATA: json.dumps(list(weights))})
-        torch.save(state, d/STATE_NAME)
+        with _writing(d/WEIGHTS_NAME, path):
+            _st_save_file(weights, d/WEIGHTS_NAME, metadata={'format': 'pt', KEYS_METADATA: json.dumps(list(weights))})
+        with _writing(d/STATE_NAME, path), open(d/STATE_NAME, 'wb') as f: torch.save(state, f)
         meta['files'] = {}
         for name in (WEIGHTS_NAME, STATE_NAME):
             digest, size = sha256_file(d/name)
             meta['files'][name] = {'sha256': digest, 'size': size}
-        (d/META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + '\n')
+        with _writing(d/META_NAME, path): (d/META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + '\n')
     return _write_atomic_dir(path, write)
 
 # %% ../../nbs/versioning/00_checkpoint.ipynb #98ecf1ff
@@ -248,14 +296,27 @@ def _read_meta(d:Path) -> dict:
     except ValueError as e: raise CheckpointError(f'{str(d/META_NAME)!r} is not valid JSON ({e})') from None
     if not isinstance(meta, dict) or meta.get('format') != FORMAT:
         raise CheckpointError(f'{str(d/META_NAME)!r}: expected format {FORMAT!r}, got {meta.get("format") if isinstance(meta, dict) else meta!r}')
-    if meta.get('format_version', 0) > FORMAT_VERSION:
+    fv = meta.get('format_version', 0)
+    if not isinstance(fv, int) or isinstance(fv, bool):
+        raise CheckpointError(f'{str(d/META_NAME)!r}: `format_version` expected an integer, got {fv!r}')
+    if fv > FORMAT_VERSION:
         raise CheckpointError(f'{str(d)!r} was written by a newer core_models (format version {meta["format_version"]}); '
                               f'this one reads up to {FORMAT_VERSION}')
     files = meta.get('files')
     if not isinstance(files, dict) or set(files) != {WEIGHTS_NAME, STATE_NAME}:
         raise CheckpointError(f'{str(d/META_NAME)!r}: expected digests of {WEIGHTS_NAME} and {STATE_NAME}, '
                               f'got {sorted(files) if isinstance(files, dict) else files!r}')
+    for name, entry in files.items():
+        ok = isinstance(entry, dict) and isinstance(entry.get('sha256'), str) and isinstance(entry.get('size'), int)
+        if not ok:
+            raise CheckpointError(f'{str(d/META_NAME)!r}: files.{name} expected {{"sha256": hex digest, "size": bytes}}, got {entry!r}')
     return meta
+
+def read_meta(path:Path|str) -> dict:
+    "The `meta.json` of the checkpoint folder `path`, parsed and checked (the digests are not: `verify_checkpoint` does that)."
+    d = Path(path)
+    if not (d/META_NAME).is_file(): raise CheckpointError(f'{str(d)!r} has no {META_NAME}: not a core_models checkpoint')
+    return _read_meta(d)
 
 def _verified_bytes(d:Path, name:str, entry:dict, keep:bool=True) -> bytes|None:
     "The bytes of `d/name` if its size and sha256 match `entry`, else a `CheckpointError` naming both digests."
@@ -379,10 +440,28 @@ _EPOCH_DIR = re.compile(r'^epoch_(\d+)$')
 
 def _write_json_atomic(f:Path, obj):
     tmp = f.with_name(f'.{f.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}')
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + '\n')
-    _fsync_path(tmp)
-    os.replace(tmp, f)
+    try:
+        with _writing(f, f):
+            tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + '\n')
+            _fsync_path(tmp)
+            os.replace(tmp, f)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_path(f.parent, directory=True)
+
+def nonfinite_tensors(module:nn.Module) -> dict[str, int]:
+    "The floating-point tensors of `module`'s state_dict that hold nan or inf, with how many such values each."
+    out = {}
+    for k, v in module.state_dict().items():
+        if not v.is_floating_point() or v.device.type == 'meta' or nn.parameter.is_lazy(v): continue
+        if not (ok := torch.isfinite(v)).all(): out[k] = int((~ok).sum())
+    return out
+
+def describe_nonfinite(bad:dict[str, int]) -> str:
+    "`nonfinite_tensors`' answer as a phrase: the first few tensors and their counts."
+    first = ', '.join(f'`{k}` ({n} values)' for k, n in list(bad.items())[:3])
+    return first + (f' and {len(bad) - 3} more tensors' if len(bad) > 3 else '')
 
 class CheckpointManager:
     "Save a checkpoint per epoch under `root`, keeping the `keep_last` latest and the `keep_best` best by `monitor`."
@@ -407,8 +486,19 @@ class CheckpointManager:
 
     def _score(self, c) -> float|None:
         v = c['metrics'].get(self.monitor) if self.monitor else None
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(v): return None
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v): return None
         return v if self.mode == 'min' else -v
+
+    def clean(self) -> list[Path]:
+        "Delete what writers that died left under `root` (temporaries, half-deleted checkpoints, pointer files); returns what went."
+        gone = []
+        if not self.root.is_dir(): return gone
+        for p in self.root.iterdir():
+            m = _SIBLING.match(p.name)
+            if not m or _pid_alive(int(m['pid'])): continue
+            if m['kind'] == 'old' and not (self.root/m['name']/META_NAME).is_file(): continue  # the only copy: load_checkpoint recovers it
+            _remove_tree(p); gone.append(p)
+        return gone
 
     def save(self, model:nn.Module, optimizer=None, epoch:int=0, metrics:dict|None=None, **kwargs) -> Path:
         "Save epoch `epoch` (kwargs go to `save_checkpoint`), update `last.json`/`best.json`, delete what is not kept."
@@ -416,6 +506,12 @@ class CheckpointManager:
         if self.monitor and self.monitor not in metrics:
             raise CheckpointError(f'CheckpointManager: metrics expected the monitored {self.monitor!r}, got {sorted(metrics)}; '
                                   'pass it, or monitor=None to keep only the last checkpoints')
+        if bad := nonfinite_tensors(model):
+            kept = ', '.join(f'{k} {p.name}' for k, p in (('best', self.best_path), ('last', self.last_path)) if p)
+            raise CheckpointError(f'CheckpointManager: refusing to save epoch {epoch} to {str(self.root)!r}: expected finite weights, '
+                                  f'got nan/inf in {describe_nonfinite(bad)}. The checkpoints there are unchanged'
+                                  f'{f" ({kept})" if kept else ""}; save_checkpoint() writes it anyway, for debugging')
+        self.clean()
         path = save_checkpoint(model, optimizer, epoch, metrics, self.root/f'epoch_{epoch:04d}', **kwargs)
         cks = self.checkpoints()
         scored = sorted((c for c in cks if self._score(c) is not None), key=lambda c: (self._score(c), -c['epoch']))
@@ -434,8 +530,11 @@ class CheckpointManager:
         return path
 
     def _pointer(self, name:str) -> Path|None:
-        try: p = self.root/json.loads((self.root/name).read_text())['path']
+        "The checkpoint `last.json`/`best.json` names: only a folder `epoch_NNNN` directly under `root`."
+        try: name = json.loads((self.root/name).read_text())['path']
         except (OSError, ValueError, KeyError, TypeError): return None
+        if not (isinstance(name, str) and _EPOCH_DIR.match(name)): return None
+        p = self.root/name
         return p if p.is_dir() else None
 
     @property
@@ -453,6 +552,7 @@ class CheckpointManager:
     def resume(self, model:nn.Module, optimizer=None, scheduler=None, scaler=None, *, config=None,
                restore_rng:bool=True, **kwargs) -> Checkpoint|None:
         "Load the last checkpoint into the given objects (None if there is none); refuses one trained with another `config`."
+        self.clean()
         p = self.last_path
         if p is None: return None
         if config is not None:
