@@ -7,11 +7,13 @@ Where it isn't (our machines), it builds a plain static HTML site instead, offli
    processors: `show_doc` cells are added and executed (with the cells nbdev runs for them: exports and
    imports), exports and hidden cells are stripped, and every other cell keeps the outputs the notebook was
    saved with (they are not run again). Unlike `nbdev-proc-nbs` it neither tries to install Quarto nor stops
-   at the first notebook that fails: a notebook whose processing fails is rendered as it is saved (with its
-   outputs) under a banner naming the error, reported on stderr (exit 1 with `--strict`);
+   at the first notebook that fails: a notebook whose processing fails (or takes over `--timeout` seconds) is
+   rendered as it is saved (with its outputs) under a banner naming the error, reported on stderr (exit 1
+   with `--strict`);
 2. a notebook whose saved outputs show widgets without their state (ipywidgets keeps a widget's content in the
-   kernel; the notebook only holds `VBox(children=...)`) is instead run top to bottom in a fresh process, as
-   Run All in a new kernel would, still through nbdev's processors; its widgets' state is then drawn as
+   kernel; the notebook only holds `VBox(children=...)`) is instead run top to bottom in a fresh process, in
+   its folder, as Run All in a new kernel would, still through nbdev's processors (`#| eval: false` cells
+   are skipped); its widgets' state is then drawn as
    static HTML (boxes, labels, HTML, a disabled copy of each control, and the PNG of every `Image` widget)
    in place of the widget, with a note that the live widget needs a kernel. No widget JavaScript is needed,
    so the pages work offline. The widget demos (`nbs/widgets/`) always run this way, so their pages show what
@@ -35,7 +37,7 @@ a fresh interpreter, started in milliseconds), `--workers` at a time (default: o
 OUT_DIR defaults to `_docs/`, the processed notebooks go to `_proc/` (or `--proc`). `--only REGEX` builds only
 the notebooks whose path under `nbs/` matches (the index page is always built): the test uses it to stay fast.
 """
-import argparse, base64, html, json, os, re, shutil, subprocess, sys, time
+import argparse, html, json, os, re, shutil, subprocess, sys, time
 from multiprocessing import get_context
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -163,7 +165,7 @@ def _work(rels:list[str], run_all:bool, proc_dir:str, out:str, pages:list[dict])
     "A task: process then render each of `rels`; {rel: {'error', 'process_s', 'render_s'}}."
     res = {}
     for rel in rels:
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         err = _process_one(rel, proc_dir, run_all)
         t1 = time.time()
         page = next(p for p in pages if p['rel'] == rel)
@@ -171,7 +173,7 @@ def _work(rels:list[str], run_all:bool, proc_dir:str, out:str, pages:list[dict])
         if err or not src.exists(): src, err = NBS/rel, err or 'no processed notebook written'
         nb = json.loads(src.read_text(encoding='utf-8'))
         render_page(_prepare(nb, page['title'], err), page, pages, Path(out))
-        res[rel] = {'error': err, 'process_s': t1-t0, 'render_s': time.time()-t1}
+        res[rel] = {'error': err, 'process_s': t1-t0, 'render_s': time.time()-t1, 'cpu_s': time.process_time()-c0, 'rendered': True}
     return res
 
 # ---------------------------------------------------------------------------------------------------------
@@ -333,10 +335,12 @@ def _prepare(nb:dict, title:str, error:str|None) -> dict:
         if re.search(r'^#\|\s*echo:\s*false', src, re.M): tags.append('remove_input')
         if re.search(r'^#\|\s*(hide|exporti?|eval:\s*false)\b', src, re.M) and error: tags.append('remove_cell')
         c['source'] = '\n'.join(l for l in src.splitlines() if not l.startswith('#|')).strip('\n')
-    head = f'# {title}\n'
-    if error: head += f'\n<div class="docs-error"><b>API reference not rendered</b>: processing this notebook failed: <code>{html.escape(error)}</code></div>\n'
     has_h1 = cells and cells[0]['cell_type'] == 'markdown' and ''.join(cells[0]['source']).lstrip().startswith('# ')
-    if not has_h1: cells.insert(0, {'cell_type': 'markdown', 'metadata': {}, 'source': head})
+    if not has_h1: cells.insert(0, {'cell_type': 'markdown', 'metadata': {}, 'source': f'# {title}\n'})
+    if error:
+        banner = (f'<div class="docs-error"><b>API reference not rendered</b>: processing this notebook failed: '
+                  f'<code>{html.escape(error)}</code>. The page shows the notebook as it was saved.</div>')
+        cells.insert(1, {'cell_type': 'markdown', 'metadata': {}, 'source': banner})
     nb['cells'] = cells
     static_widgets(nb)
     return nb
@@ -415,29 +419,37 @@ def _child(conn, rels, run_all, proc_dir, out, pages, threads):
     import torch
     torch.set_num_threads(threads)  # `workers` children share the CPUs: don't oversubscribe them
     try: res = _work(rels, run_all, proc_dir, out, pages)
-    except BaseException as e: res = {r: {'error': f'{type(e).__name__}: {e}', 'process_s': 0., 'render_s': 0.} for r in rels}
+    except BaseException as e: res = {r: {'error': f'{type(e).__name__}: {e}', 'process_s': 0., 'render_s': 0., 'rendered': False} for r in rels}
     conn.send(res); conn.close()
     os._exit(0)  # no atexit handlers of the parent's imports in a forked child
 
-def _run_forked(tasks, workers:int, proc_dir:str, out:str, pages:list[dict]) -> dict[str, dict]:
+def _run_forked(tasks, workers:int, proc_dir:str, out:str, pages:list[dict], timeout:float=600) -> dict[str, dict]:
     "Run each task in a child forked from this (warm) process, `workers` at a time; their results merged."
     ctx, pending, running, results = get_context('fork'), list(tasks), {}, {}
-    while pending or running:
-        while pending and len(running) < max(1, workers):
-            rels, run_all = pending.pop(0)
-            r, w = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_child, args=(w, rels, run_all, proc_dir, out, pages, max(1, (os.cpu_count() or 1)//workers)))
-            proc.start(); w.close()
-            running[r] = (proc, rels)
-        for r in wait(list(running)):
-            proc, rels = running.pop(r)
-            try: results.update(r.recv())
-            except EOFError: results.update({x: {'error': f'the process building it died (exit code {proc.join() or proc.exitcode})',
-                                                 'process_s': 0., 'render_s': 0.} for x in rels})
-            r.close(); proc.join()
+    failed = lambda rels, why: {x: {'error': why, 'process_s': 0., 'render_s': 0., 'rendered': False} for x in rels}
+    try:
+        while pending or running:
+            while pending and len(running) < max(1, workers):
+                rels, run_all = pending.pop(0)
+                r, w = ctx.Pipe(duplex=False)
+                threads = max(1, (os.cpu_count() or 1)//workers)
+                proc = ctx.Process(target=_child, args=(w, rels, run_all, proc_dir, out, pages, threads))
+                proc.start(); w.close()
+                running[r] = (proc, rels, time.time())
+            for r in wait(list(running), timeout=5):
+                proc, rels, _ = running.pop(r)
+                try: results.update(r.recv())
+                except EOFError: proc.join(); results.update(failed(rels, f'the process building it died (exit code {proc.exitcode})'))
+                r.close(); proc.join()
+            for r, (proc, rels, t0) in list(running.items()):
+                if time.time() - t0 > timeout:
+                    proc.kill(); proc.join(); r.close(); del running[r]
+                    results.update(failed(rels, f'still running after {timeout:.0f}s: stopped'))
+    finally:
+        for proc, _, _ in running.values(): proc.kill(); proc.join()
     return results
 
-def build(out:Path, proc_dir:Path, only:str|None=None, workers:int=2, verbose:bool=False) -> dict[str, str]:
+def build(out:Path, proc_dir:Path, only:str|None=None, workers:int=2, verbose:bool=False, timeout:float=600) -> dict[str, str]:
     "Process and render; returns the errors ({notebook: message}) of notebooks rendered unprocessed."
     import nbdev.doclinks
     t0 = time.time()
@@ -447,7 +459,11 @@ def build(out:Path, proc_dir:Path, only:str|None=None, workers:int=2, verbose:bo
     _warm_up()
     t1 = time.time()
     results = {}
-    results = _run_forked(_tasks(pages), workers, str(proc_dir), str(out), pages)
+    results = _run_forked(_tasks(pages), workers, str(proc_dir), str(out), pages, timeout)
+    for p in pages:  # a task that died or was stopped: its page as the notebook was saved, under the error banner
+        if not results.get(p['rel'], {}).get('rendered'):
+            err = results.setdefault(p['rel'], {'error': 'not built', 'process_s': 0., 'render_s': 0.})['error']
+            render_page(_prepare(json.loads((NBS/p['rel']).read_text(encoding='utf-8')), p['title'], err), p, pages, out)
     errors = {r: v['error'] for r, v in results.items() if v['error']}
     runs = [p['rel'] for p in pages if p['run_all']]
     print(f'build_docs: {len(pages)} pages in {time.time()-t0:.1f}s ({t1-t0:.1f}s of imports, then {workers} workers) '
@@ -455,7 +471,8 @@ def build(out:Path, proc_dir:Path, only:str|None=None, workers:int=2, verbose:bo
           + ', '.join(f"{r} {results[r]['process_s']:.1f}s" for r in runs) + ')')
     if verbose:
         for r, v in sorted(results.items(), key=lambda kv: -kv[1]['process_s']-kv[1]['render_s']):
-            print(f"  {r:45s} process {v['process_s']:5.1f}s render {v['render_s']:5.1f}s" + (' (ran all cells)' if r in runs else ''))
+            print(f"  {r:45s} process {v['process_s']:5.1f}s render {v['render_s']:5.1f}s cpu {v.get('cpu_s', 0):5.1f}s"
+                  + (' (ran all cells)' if r in runs else ''))
     if only is None:  # a full build: pages of notebooks that were renamed or removed must not linger in the site
         for stale in sorted(set(out.rglob('*.html')) - {out/p['html'] for p in pages}):
             stale.unlink(); print(f'build_docs: removed {stale.relative_to(out)} (its notebook is gone)')
@@ -468,6 +485,7 @@ def main(argv=None):
     ap.add_argument('--only', default=None, help='regex on the notebook path under nbs/: build only those (and the index)')
     ap.add_argument('--workers', type=int, default=os.cpu_count() or 2, help='parallel processes (default: one per CPU)')
     ap.add_argument('--verbose', action='store_true', help="print each notebook's processing and rendering time")
+    ap.add_argument('--timeout', type=float, default=600, help='seconds a notebook may take before it is stopped (and fails)')
     ap.add_argument('--strict', action='store_true', help='exit 1 when any notebook fails processing')
     ap.add_argument('--no-quarto', action='store_true', help='build the static site even where Quarto is installed')
     a = ap.parse_args(argv)
@@ -476,7 +494,7 @@ def main(argv=None):
         return subprocess.call([str(nbdev_docs)], cwd=ROOT)
     out = Path(a.out).absolute()
     proc = Path(a.proc).absolute() if a.proc else (ROOT/'_proc' if a.out == str(ROOT/'_docs') else out.parent/'_proc')
-    errors = build(out, proc, a.only, a.workers, a.verbose)
+    errors = build(out, proc, a.only, a.workers, a.verbose, a.timeout)
     for nb, err in errors.items(): print(f'build_docs: {nb}: processing failed, rendered without API reference: {err}', file=sys.stderr)
     return 1 if errors and a.strict else 0
 
