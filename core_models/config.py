@@ -231,8 +231,16 @@ class NameRegistry:
         if not isinstance(name, str) or not name:
             raise TypeError(f'register {self.kind}: expected a name (a non-empty str), got {_show(name)}')
         self.entries[name] = obj
-        for a in aliases: self.aliases[a] = name
+        self.aliases.pop(name, None)  # a name outranks an alias spelled the same
+        for a in aliases:
+            if a != name: self.aliases[a] = name
         return obj
+
+    def unregister(self, name:str):
+        "Remove `name` (a name, not an alias) and the aliases that point to it; returns what it named."
+        if name not in self.entries: raise self.unknown(name)
+        self.aliases = {a: n for a, n in self.aliases.items() if n != name}
+        return self.entries.pop(name)
 
     def resolve(self, name:str) -> str:
         "The registered name that `name` stands for: itself, or the name it is an alias of."

@@ -6,11 +6,11 @@ Docs: https://core-models.github.io/core-models/factory.html.md"""
 
 # %% ../nbs/05_factory.ipynb #5886ea88
 from __future__ import annotations
-import fnmatch, inspect
+import fnmatch, inspect, warnings
 from dataclasses import fields
 import torch
 from .config import ConfigError, config_as_dict, did_you_mean
-from .backbones import list_backbones, get_backbone_entry
+from .backbones import Backbone, list_backbones, get_backbone_entry
 from .backbones.vit import VisionTransformer
 from .heads import list_heads, get_head_class
 from .architectures import BaseArchitecture, list_architectures, get_architecture_class
@@ -30,12 +30,22 @@ def _declared(cls) -> set[str]:
     cfg = getattr(cls, 'Config', None)
     return {f.name for f in fields(cfg)} | {a for f in fields(cfg) for a in f.metadata.get('aliases', ())} if cfg else set()
 
+def _takes_part_keywords(cls) -> bool:
+    "Whether `cls(config, backbone=..., head=...)` is a call its constructor accepts."
+    params = inspect.signature(cls).parameters
+    return 'backbone' in params or 'head' in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
 def create_model(architecture:str='cnn', backbone=None, head=None, config=None, **overrides) -> nn.Module:
     "Build a model from registered names (or built parts) and a shared config (mapping, dataclass or namespace)."
     if architecture not in list_architectures() and architecture in list_backbones():
         backbone, architecture = architecture, ('transformer' if _is_vit(architecture) else 'cnn')
     cls = get_architecture_class(architecture)
     shared = {**config_as_dict(config), **overrides}
+    if not _takes_part_keywords(cls):  # a hand-written `__init__(self, config)`: the parts travel in its config
+        parts = {k: v for k, v in (('backbone', backbone), ('head', head)) if v is not None}
+        model = cls({**shared, **parts})
+        _warn_unused(model, parts)
+        return model
     if overrides:
         head_cls = get_head_class(head) if isinstance(head, str) else type(head) if head is not None else \
                    get_head_class(cls.default_head) if getattr(cls, 'default_head', None) else None
@@ -45,14 +55,19 @@ def create_model(architecture:str='cnn', backbone=None, head=None, config=None, 
                 raise ConfigError('create_model', k, f'a field of {cls.__name__}' + (f' or {head_cls.__name__}' if head_cls else ''),
                                   overrides[k], hint=did_you_mean(k, sorted(known)) or
                                   "backbone options go in backbone={'name': ..., 'option': ...}")
-    params = inspect.signature(cls).parameters
-    if 'backbone' in params or 'head' in params or any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        kw = {k: v for k, v in (('backbone', backbone), ('head', head)) if v is not None}
-        return cls(shared, **kw)
-    if backbone is not None or head is not None:
-        raise ConfigError('create_model', 'backbone' if backbone is not None else 'head',
-                          f'nothing: {cls.__name__} builds its own parts from the config', backbone if backbone is not None else head)
-    return cls(shared)
+    kw = {k: v for k, v in (('backbone', backbone), ('head', head)) if v is not None}
+    return cls(shared, **kw)
+
+def _warn_unused(model, parts:dict):
+    "Say so when a class that builds its own parts was given a backbone or head by name and built another."
+    name, unused = type(model).__name__, []
+    if 'backbone' in parts and not isinstance(getattr(model, 'backbone', None), Backbone): unused.append('backbone')
+    h = parts.get('head')
+    if isinstance(h, str) and h in list_heads() and not isinstance(getattr(model, 'head', None), get_head_class(h)): unused.append('head')
+    for k in unused:
+        warnings.warn(f"create_model: {name}.__init__ takes only a config: {k}={parts[k]!r} reached it as config[{k!r}], but "
+                      f"{name} built its own {k} (a {type(getattr(model, k, None)).__name__}); read config[{k!r}] in "
+                      f"{name}.__init__ to build it from the name", stacklevel=3)
 
 def _is_vit(name) -> bool:
     with torch.device('meta'): return isinstance(get_backbone_entry(name).builder(), VisionTransformer)

@@ -262,7 +262,8 @@ def test_git_dvc_repo_versions_from_tags(tmp_path):
     assert same_weights(creg.load('tiny', '1.0.0'), m1)
 
 
-def test_hand_written_instance_needs_its_config(tmp_path):
+def test_hand_written_instance_records_its_config(tmp_path):
+    "A hand-written model (the seed's shape: `__init__(self, config)`) remembers its config: no `config=` needed."
     from core_models.architectures import BaseArchitecture
     from core_models.blocks import ConvBlock as CB
 
@@ -271,5 +272,71 @@ def test_hand_written_instance_needs_its_config(tmp_path):
             super().__init__(); self.body = CB(config)
     reg = ModelRegistry(tmp_path/'registry')
     m = Hand({'in_channels': 1, 'out_channels': 2})
-    with pytest.raises(RegistryError, match=r"can't rebuild Hand from no config .*pass config="): reg.register('hand', '1.0.0', m)
-    assert same_weights(reg.load(reg.register('hand', '1.0.0', m, config={'in_channels': 1, 'out_channels': 2}).name), m)
+    mv = reg.register('hand', '1.0.0', m)
+    assert (mv.model_class, mv.config) == ('hand', {'architecture': 'hand', 'in_channels': 1, 'out_channels': 2})
+    assert same_weights(reg.load('hand'), m)
+
+    class NoRecord(BaseArchitecture):  # built from something that isn't a config: refused at register, with the reason
+        def __init__(self, body):
+            super().__init__(); self.body = body
+    with pytest.raises(RegistryError, match=r"can't rebuild NoRecord from no config .*its to_config\(\) failed: .*Conv2d"):
+        reg.register('norecord', '1.0.0', NoRecord(torch.nn.Conv2d(1, 2, 3)))
+
+
+def test_lazy_layers_not_sized_yet(tmp_path):
+    "A lazy layer that has seen no batch has no values: recorded as lazy, and lazy again once loaded."
+    from core_models.architectures import BaseArchitecture
+    from core_models.heads import ClassificationHead
+
+    class LazyHead(BaseArchitecture):
+        def __init__(self, config):
+            super().__init__(); self.body = ConvBlock(config); self.head = ClassificationHead(config)
+        def forward(self, x): return self.head(self.body(x))
+    reg = ModelRegistry(tmp_path/'registry')
+    m = LazyHead({'in_channels': 1, 'out_channels': 4, 'num_classes': 3})
+    mv = reg.register('lazy', '1.0.0', m)
+    assert mv.weights['lazy'] == ['head.fc.weight', 'head.fc.bias']
+    loaded = reg.load('lazy', '1.0.0')
+    assert torch.nn.parameter.is_lazy(loaded.head.fc.weight) and torch.equal(loaded.body.conv.weight, m.body.conv.weight)
+    x = torch.randn(2, 1, 8, 8)
+    m(x)  # sized now: a new version holds every tensor, and loads back to the same outputs
+    mv2 = reg.register('lazy', '1.1.0', m)
+    assert 'lazy' not in mv2.weights
+    with torch.no_grad(): assert torch.equal(reg.load('lazy', '1.1.0')(x), m.eval()(x))
+
+
+# -- side effects in git: only the registry's own files, printed ----------------------------------------------
+
+def test_register_in_git_commits_only_its_files_and_says_so(tmp_path, capsys):
+    repo = tmp_path/'repo'
+    repo.mkdir()
+    sh('git', 'init', '-q', '-b', 'main', cwd=repo)
+    sh('git', 'config', 'user.email', 'test@example.com', cwd=repo); sh('git', 'config', 'user.name', 'Test', cwd=repo)
+    (repo/'README.md').write_text('# project\n'); sh('git', 'add', 'README.md', cwd=repo); sh('git', 'commit', '-qm', 'init', cwd=repo)
+    (repo/'notes.txt').write_text('work in progress\n'); sh('git', 'add', 'notes.txt', cwd=repo)  # the user's staged work
+    (repo/'README.md').write_text('# project, edited\n')  # and an unstaged edit
+
+    reg = ModelRegistry(repo/'registry')
+    capsys.readouterr()
+    reg.register('tiny', '1.0.0', tiny(0), tags=['baseline'])
+    out = capsys.readouterr().out
+    head = sh('git', 'rev-parse', '--short', 'HEAD', cwd=repo).strip()
+    assert f'registry: git commit {head} ' in out and f'registry: git tag tiny@v1.0.0 -> {head}' in out, out
+    committed = sh('git', 'show', '--name-only', '--format=', 'HEAD', cwd=repo).split()
+    assert 'notes.txt' not in committed and 'README.md' not in committed
+    assert all(f.startswith('registry/') for f in committed), committed
+    assert sh('git', 'diff', '--cached', '--name-only', cwd=repo).split() == ['notes.txt']  # still staged, not committed
+    assert sh('git', 'diff', '--name-only', cwd=repo).split() == ['README.md']  # still an unstaged edit
+    assert sh('git', 'tag', '--points-at', 'HEAD', cwd=repo).split() == ['tiny@v1.0.0']
+
+    reg.promote('tiny', '1.0.0', 'production')
+    out = capsys.readouterr().out
+    assert "registry: git commit" in out and 'Promote tiny v1.0.0 to production' in out and 'registry: git tag tiny#production#1 -> ' in out, out
+    assert sh('git', 'diff', '--cached', '--name-only', cwd=repo).split() == ['notes.txt']
+
+    plain = ModelRegistry(repo/'registry', git=False)  # the documented way to register without committing
+    plain.register('tiny', '1.1.0', tiny(1))
+    assert capsys.readouterr().out == '' and plain.repo is None
+    assert sh('git', 'rev-parse', '--short', 'HEAD', cwd=repo).strip() != head  # (the promote commit)
+    assert 'registry/tiny/1.1.0/' in sh('git', 'status', '--porcelain', '--untracked-files=all', cwd=repo)  # written, not committed
+    assert 'tiny@v1.1.0' not in sh('git', 'tag', cwd=repo).split()

@@ -100,10 +100,10 @@ model = DetectionArchitecture(
 '''
 
 
-def run(run_python, *blocks, after=''):
+def run(run_python, *blocks, after='', result=False):
     r = run_python(textwrap.dedent(PREAMBLE) + '\n'.join(blocks) + textwrap.dedent(after), env={'CORE_MODELS_SETTINGS': ''})
     assert r.returncode == 0, r.stderr[-3000:]
-    return r.stdout
+    return r if result else r.stdout
 
 
 def test_custom_model_forward_backward(run_python):
@@ -130,8 +130,35 @@ epoch, metrics = 3, {"val_accuracy": 0.9}
     assert out.strip() == 'ok'
 
 
-def test_create_model_and_register_model(run_python):
-    "The seed's `architecture=\"custom\"` is a class the user registered; here one that takes a backbone and a head."
+def test_create_model_right_after_custom_model(run_python):
+    """The document's two blocks in order: `class CustomModel(BaseArchitecture)` registers itself as "custom", so
+    `create_model(architecture="custom", ...)` builds it; `register_model(model, ...)` records it with no config=, and
+    `load` gives back an equal model (its head, lazy until a first batch, lazy again), then, once trained a step,
+    the same outputs."""
+    r = run(run_python, CUSTOM_MODEL, CREATE_MODEL, result=True, after='''
+        from core_models.versioning import ModelRegistry
+        from torch.nn.parameter import is_lazy
+        registry = ModelRegistry()
+        v = registry.get("custom_model", "production")
+        assert type(model) is CustomModel and v.version == "1.0.0" and "classifier" in v.tags
+        assert v.model_class == "custom" and v.config["backbone"] == "resnet50"
+        loaded = registry.load("custom_model", version="1.0.0")
+        sd, ld = model.state_dict(), loaded.state_dict()
+        assert type(loaded) is CustomModel and sd.keys() == ld.keys()
+        assert all(is_lazy(ld[k]) if is_lazy(sd[k]) else torch.equal(sd[k], ld[k]) for k in sd)
+
+        x = torch.randn(2, 3, 16, 16)
+        model(x).sum().backward()  # a training step sizes the head
+        register_model(model, name="custom_model", version="1.1.0")
+        loaded = registry.load("custom_model", version="1.1.0")
+        with torch.no_grad(): assert torch.equal(loaded(x), model.eval()(x))
+        print('ok')''')
+    assert r.stdout.strip() == 'ok'
+    assert "backbone='resnet50' reached it as config['backbone']" in r.stderr  # and CustomModel built its own body
+
+
+def test_create_model_with_a_composing_architecture(run_python):
+    "A class that takes `backbone` and `head` uses the names the document's call gives."
     out = run(run_python, '''
 from core_models.architectures import BaseArchitecture, register_architecture
 
@@ -139,11 +166,15 @@ from core_models.architectures import BaseArchitecture, register_architecture
 class Custom(BaseArchitecture):
     default_head = "classifier"
 ''', CREATE_MODEL, after='''
-        logits = model(torch.randn(2, 3, 64, 64))
-        logits.sum().backward()
         from core_models.versioning import ModelRegistry
+        loaded = ModelRegistry().load("custom_model", "1.0.0")
+        x = torch.randn(1, 3, 64, 64)
+        with torch.no_grad(): assert torch.equal(loaded(x), model.eval()(x))
+        logits = model.train()(torch.randn(2, 3, 64, 64))
+        logits.sum().backward()
         v = ModelRegistry().get("custom_model", "production")
         assert logits.shape == (2, 10) and v.version == "1.0.0" and "classifier" in v.tags
+        assert model.backbone.registered_name == "resnet50"
         print('ok')''')
     assert out.strip() == 'ok'
 

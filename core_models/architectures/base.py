@@ -6,26 +6,72 @@ Docs: https://core-models.github.io/core-models/architectures/base.html.md"""
 
 # %% ../../nbs/architectures/00_base.ipynb #971a9053
 from __future__ import annotations
+import dataclasses, functools, inspect, re, warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 import torch, torch.nn as nn
 from ..config import Configurable, ComponentConfig, config_field, ConfigError, check_shape, config_as_dict, NameRegistry
 from ..summary import summary, ModelSummary
-from ..backbones.base import Backbone, FeatureInfo, create_backbone, get_backbone_entry
-from ..heads.base import Head, create_head
+from ..backbones.base import Backbone, FeatureInfo, create_backbone, get_backbone_entry, list_backbones
+from ..heads.base import Head, create_head, get_head_class
 
 # %% auto #0
-__all__ = ['register_architecture', 'list_architectures', 'get_architecture_class', 'ArchitectureConfig', 'BaseArchitecture']
+__all__ = ['architecture_name', 'register_architecture', 'list_architectures', 'get_architecture_class', 'records_arguments',
+           'ArchitectureConfig', 'BaseArchitecture']
 
 # %% ../../nbs/architectures/00_base.ipynb #0cf4dd94
 _ARCHITECTURES = NameRegistry('architecture')
 
+def architecture_name(cls:type) -> str:
+    "The name a class registers under by itself: its name in snake_case, less a trailing `Model` or `Architecture`."
+    words = re.sub(r'(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])', '_', cls.__name__).lower()
+    for suffix in ('_model', '_architecture'):
+        if words.endswith(suffix) and len(words) > len(suffix): return words[:-len(suffix)]
+    return words
+
+def _same_class(a, b) -> bool:
+    "`b` is `a`, or `a` defined again (a notebook cell run twice, a module reloaded)."
+    return a is b or (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
+
+def _where(cls) -> str: return f'{cls.__module__}.{cls.__qualname__}'
+
+def _holder(name:str) -> type|None: return _ARCHITECTURES.get(name) if name in _ARCHITECTURES else None
+
+def _add(cls, name:str, aliases=()):
+    "Register `cls` as `name`; its class name becomes an alias unless another class holds it."
+    cls.registered_name = name
+    own = [a for a in dict.fromkeys((*aliases, cls.__name__)) if a != name]
+    free = [a for a in own if a in aliases or _holder(a) is None or _same_class(_holder(a), cls)]
+    _ARCHITECTURES.register(name, cls, tuple(free))
+
+def _register_by_itself(cls):
+    "What a `BaseArchitecture` subclass does when its class statement runs: take `architecture_name(cls)`, if free."
+    name = architecture_name(cls)
+    for n in dict.fromkeys((name, cls.__name__)):
+        held = _holder(n)
+        if held is None or _same_class(held, cls):
+            _add(cls, n)
+            if n != name:
+                warnings.warn(f"{cls.__qualname__}: the architecture name {name!r} is taken by {_where(_holder(name))}, so "
+                              f"{cls.__qualname__} is registered as {n!r}; name it with @register_architecture(name=...)", stacklevel=3)
+            return
+    cls.registered_name = None
+    warnings.warn(f'{cls.__qualname__}: the architecture names {name!r} and {cls.__name__!r} are taken by other classes, '
+                  'so it is not registered; name it with @register_architecture(name=...)', stacklevel=3)
+
 def register_architecture(cls:type|None=None, *, name:str|None=None, aliases:tuple=()):
-    "Class decorator: register an architecture class under `name` (default: the class name) and `aliases`."
+    "Class decorator: register an architecture under `name` (default: `architecture_name(cls)`) and `aliases`."
     def deco(cls):
         if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
             raise TypeError(f'register_architecture: expected an nn.Module subclass, got {cls!r}')
-        cls.registered_name = name or cls.__name__
-        return _ARCHITECTURES.register(cls.registered_name, cls, aliases)
+        n = name or architecture_name(cls)
+        held = _holder(n)
+        if held is not None and not _same_class(held, cls):
+            warnings.warn(f'register_architecture: {n!r} named {_where(held)}; it now names {_where(cls)}', stacklevel=3)
+        taken = cls.__dict__.get('registered_name')
+        if taken and taken != n and _ARCHITECTURES.entries.get(taken) is cls: _ARCHITECTURES.unregister(taken)
+        _add(cls, n, tuple(aliases))
+        return cls
     return deco(cls) if cls is not None else deco
 
 def list_architectures(pattern:str='*') -> list[str]:
@@ -34,7 +80,61 @@ def list_architectures(pattern:str='*') -> list[str]:
 
 def get_architecture_class(name:str) -> type:
     "The architecture class registered as `name` (or aliased so)."
-    return _ARCHITECTURES.get(name)
+    try: return _ARCHITECTURES.get(name)
+    except KeyError as e:
+        raise KeyError(f'{e.args[0]}. A BaseArchitecture subclass registers itself when its class statement runs '
+                       "(class CustomModel -> 'custom'): run that cell, or import the module that defines it") from None
+
+# %% ../../nbs/architectures/00_base.ipynb #2e9802a4
+def _snapshot(v):
+    "A copy of a constructor argument as it was at the call: containers copied, modules kept (they describe themselves later)."
+    if isinstance(v, nn.Module) or isinstance(v, type) or callable(v): return v
+    if isinstance(v, Mapping): return {k: _snapshot(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)): return type(v)(_snapshot(x) for x in v) if type(v) in (list, tuple) else v
+    if dataclasses.is_dataclass(v) or isinstance(v, ComponentConfig):
+        return {f.name: _snapshot(getattr(v, f.name)) for f in fields(v)}
+    if hasattr(v, '__dict__') and not isinstance(v, torch.Tensor):  # an attribute namespace
+        return {k: _snapshot(x) for k, x in vars(v).items() if not k.startswith('_')}
+    return v
+
+def records_arguments(init):
+    "Decorate an `__init__` so the instance keeps the arguments of the call that built it (the outermost call only)."
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        if '_init_args' not in self.__dict__: object.__setattr__(self, '_init_args', (_snapshot(args), _snapshot(kwargs)))
+        init(self, *args, **kwargs)
+    return __init__
+
+def _backbone_name(b:Backbone) -> str:
+    "The registered name of a backbone built elsewhere: the variant of its family whose defaults are closest to it."
+    if getattr(b, 'registered_name', None): return b.registered_name
+    fam, mine = type(b).__module__.rsplit('.', 1)[-1], b.to_config()
+    best = None
+    for n in list_backbones():
+        e = get_backbone_entry(n)
+        if e.family != fam: continue
+        with torch.device('meta'): m = e.builder()
+        if type(m) is not type(b): continue
+        d = sum(m.to_config().get(k) != v for k, v in mine.items())
+        if best is None or d < best[0]: best = (d, n)
+    if best is None:
+        raise TypeError(f'{type(b).__name__} is not a registered backbone family: register a builder with @register_backbone to describe it')
+    return best[1]
+
+def _describe(v, where:str):
+    "`v` as plain JSON: modules as `{'name': <registered name>, **their to_config()}`; a `TypeError` naming `where` otherwise."
+    if v is None or isinstance(v, (bool, int, float, str)): return v
+    if isinstance(v, Mapping): return {str(k): _describe(x, f'{where}.{k}') for k, x in v.items()}
+    if isinstance(v, (list, tuple)): return [_describe(x, f'{where}[{i}]') for i, x in enumerate(v)]
+    if isinstance(v, ComponentConfig): return v.to_dict()
+    if isinstance(v, Head):
+        n = type(v).__dict__.get('registered_name')
+        if n is None: raise TypeError(f'{where}: a {type(v).__name__} has no registered name; decorate it with @register_head to record it')
+        return {'name': n, **v.to_config()}
+    if isinstance(v, Backbone): return {'name': _backbone_name(v), **v.to_config()}
+    if isinstance(v, BaseArchitecture): return v.to_config()
+    raise TypeError(f'{where}: a {type(v).__name__} cannot be recorded in a config; expected numbers, strings, lists, dicts, '
+                    'a registered backbone or head (given by name, as a dict or built), or a config dataclass')
 
 # %% ../../nbs/architectures/00_base.ipynb #f3c57860
 @dataclass
@@ -45,23 +145,46 @@ class ArchitectureConfig(ComponentConfig):
 
 def _size2(s): return None if s is None else (tuple(s) if isinstance(s, (tuple, list)) else (s, s))
 
+def _parameters(cls) -> dict[str, inspect.Parameter]:
+    "The parameters of `cls.__init__`, `self` left out."
+    return dict(list(inspect.signature(cls.__init__).parameters.items())[1:])
+
+def _takes_parts(cls) -> bool:
+    "Whether `cls`'s constructor takes `backbone` or `head` (the kit's composing signature) rather than building its own parts."
+    return bool({'backbone', 'head'} & set(_parameters(cls)))
+
+_BASE_ARGS = ('config', 'backbone', 'neck', 'head')
+
 class BaseArchitecture(Configurable, nn.Module):
     "A backbone, an optional neck and a head, composed; or a base class for hand-written models."
     Config = ArchitectureConfig
     task: str = 'classification'
     backbone_features_only: bool = False
+    default_backbone: str | None = None
     default_head: str | None = None
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _register_by_itself(cls)
+        if '__init__' in cls.__dict__: cls.__init__ = records_arguments(cls.__dict__['__init__'])
+
+    @records_arguments
     def __init__(self, config=None, *, backbone=None, neck=None, head=None, **overrides):
         super().__init__()
         self.configure(config, **overrides)
         self.feature_levels = None
+        if _takes_parts(type(self)):  # a composing class: the config may name the parts (what `to_config` writes)
+            shared = config_as_dict(config)
+            if 'architecture' in shared: _architecture_for(type(self), shared['architecture'])
+            if backbone is None: backbone = shared.get('backbone', self.default_backbone)
+            if head is None: head = shared.get('head')
         if head is None and backbone is not None and self.default_head: head = self.default_head
         if head is not None:
             head = create_head(head, config)
             if self.task and head.task and head.task != self.task:
                 raise ConfigError(type(self).__name__, 'head', f'a {self.task} head', f'{type(head).__name__} (a {head.task} head)')
         if backbone is not None: self.backbone = self.build_backbone(backbone, head)
+        self._composed = backbone is not None
         self.neck = neck if neck is not None else nn.Identity()
         if head is not None:
             self.head = head
@@ -140,24 +263,62 @@ class BaseArchitecture(Configurable, nn.Module):
         "Layer table (output shapes, parameters, FLOPs) for `input_size` (default: one image of the model's size)."
         return summary(self, input_size or self.default_input_size(), **kwargs)
 
+    # -- how it was built --
+    def _arguments(self) -> tuple[dict, dict]:
+        "The recorded call, bound to the constructor: ({parameter: value}, {extra keyword: value})."
+        args, kwargs = self.__dict__.get('_init_args', ((), {}))
+        where = f'{type(self).__name__}.to_config'
+        try: bound = inspect.signature(type(self).__init__).bind(self, *args, **kwargs)
+        except TypeError as e: raise TypeError(f"{where}: the recorded arguments don't fit the constructor ({e})") from None
+        bound.apply_defaults()
+        named, extra = {}, {}
+        for k, p in _parameters(type(self)).items():
+            v = bound.arguments.get(k)
+            if p.kind == p.VAR_KEYWORD: extra.update(v or {})
+            elif p.kind == p.VAR_POSITIONAL:
+                if v: raise TypeError(f'{where}: positional arguments (*{k}) have no names to record; take them by keyword')
+            else: named[k] = v
+        return named, extra
+
+    @property
+    def hparams(self) -> dict:
+        "The arguments this model was built with, by parameter name (Lightning's `hparams`), as plain JSON."
+        named, extra = self._arguments()
+        return _describe({**named, **extra}, f'{type(self).__name__}.hparams')
+
     def to_config(self) -> dict:
-        "A plain dict that rebuilds this model with `from_config` (or `create_model(**config)`)."
-        b, head = getattr(self, 'backbone', None), getattr(self, 'head', None)
-        if not (isinstance(b, Backbone) and hasattr(b, 'registered_name') and isinstance(head, Head) and hasattr(head, 'registered_name')):
-            raise TypeError(f'{type(self).__name__}.to_config: only models composed of a registered backbone and head describe '
-                            'themselves; for a hand-written model keep the config you built it from (the registry takes it)')
-        bcfg = {k: v for k, v in b.to_config().items() if k not in ('in_chans', 'features_only', 'img_size')}
-        return {'architecture': getattr(type(self), 'registered_name', type(self).__name__), **self.config.to_dict(),
-                'backbone': {'name': b.registered_name, **bcfg}, 'head': {'name': head.registered_name, **head.to_config()}}
+        "A plain dict (JSON) that rebuilds this model: `type(self)(config)`, `from_config(config)` or `create_model(**config)`."
+        cls, where = type(self), f'{type(self).__name__}.to_config'
+        named, extra = self._arguments()
+        if self._composed:  # described by its parts as they are now (a head attached, a classifier reset)
+            b, head = self.backbone, getattr(self, 'head', None)
+            if not isinstance(b, Backbone): raise TypeError(f'{where}: `backbone` is a {type(b).__name__}, not a registered backbone')
+            own = {k: v for k, v in named.items() if k not in _BASE_ARGS or (k == 'neck' and v is not None)}
+            bcfg = {k: v for k, v in b.to_config().items() if k not in ('in_chans', 'features_only', 'img_size')}
+            d = {**_describe(own, where), **self.config.to_dict(), 'backbone': {'name': _backbone_name(b), **bcfg}}
+            if head is not None: d['head'] = _describe(head, f'{where}: `head`')
+        else:  # hand-written: the arguments it was called with, the config's fields flat
+            cfg = named.pop('config', None)
+            d = _describe({**config_as_dict(cfg), **named, **extra}, where)
+        return {'architecture': cls.__dict__.get('registered_name') or cls.__name__, **d}
 
     @classmethod
-    def from_config(cls, config:dict, **overrides):
-        "Rebuild a model from `to_config()`'s dict."
-        config = {**config, **overrides}
-        name = config.pop('architecture', None)
-        target = get_architecture_class(name) if name and cls is BaseArchitecture else cls
-        backbone, head = config.pop('backbone', None), config.pop('head', None)
-        return target(config, backbone=backbone, head=head)
+    def from_config(cls, config, **overrides):
+        "Rebuild a model from `to_config()`'s dict: the class it names, the constructor's parameters by name, the rest as `config`."
+        d = {**config_as_dict(config), **overrides}
+        name = d.pop('architecture', None)
+        target = cls if name is None else _architecture_for(cls, name)
+        params = _parameters(target)
+        named = {k: p for k, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        kw = {k: d.pop(k) for k in list(d) if k in named and k != 'config'}
+        if 'config' in named:
+            p = named['config']
+            if d or p.default is p.empty:
+                if p.kind == p.POSITIONAL_ONLY: return target(d, **kw)
+                kw['config'] = d
+        elif any(p.kind == p.VAR_KEYWORD for p in params.values()): kw.update(d)
+        elif d: raise ConfigError(target.__name__, next(iter(d)), f"one of its constructor's parameters ({', '.join(named)})", d[next(iter(d))])
+        return target(**kw)
 
     # -- training helpers --
     def freeze_backbone(self):
@@ -207,3 +368,14 @@ class BaseArchitecture(Configurable, nn.Module):
                                    weight_decay=weight_decay if decay else 0.0, name=f"{part}{'' if decay else '_no_decay'}")
             groups[key]['params'].append(p)
         return list(groups.values())
+
+def _architecture_for(cls, name:str) -> type:
+    "The class a config's `architecture` name picks when `cls.from_config` reads it: the named class if it is `cls` or a subclass."
+    if name in _ARCHITECTURES: named = _ARCHITECTURES.get(name)
+    elif name in (cls.__name__, cls.__dict__.get('registered_name')): return cls
+    elif cls is BaseArchitecture: return get_architecture_class(name)  # the KeyError with the closest names
+    else: return cls  # a name this session doesn't know: the caller chose the class
+    if issubclass(named, cls): return named
+    if issubclass(cls, named): return cls
+    raise ConfigError(cls.__name__, 'architecture', f"{cls.__dict__.get('registered_name') or cls.__name__!r} (or a subclass's name)", name,
+                      hint=f'BaseArchitecture.from_config(config) builds the {named.__name__} the config names')

@@ -49,9 +49,10 @@ class TransformerConfig(ArchitectureConfig):
 class TransformerArchitecture(BaseArchitecture):
     "A ViT + classification head, or (with `encoder_depth > 0`) a convnet + transformer encoder + head."
     Config = TransformerConfig
+    default_backbone = 'vit_b_16'
     default_head = 'classifier'
 
-    def __init__(self, config=None, *, backbone='vit_b_16', neck=None, head=None, **overrides):
+    def __init__(self, config=None, *, backbone=None, neck=None, head=None, **overrides):
         super().__init__(config, backbone=backbone, neck=neck, head=head, **overrides)
         c, b = self.config, self.backbone
         if c.encoder_depth == 0 and isinstance(b, Backbone) and not isinstance(b, VisionTransformer):

@@ -17,12 +17,12 @@ from fastcore.basics import patch
 import core_models
 from ..settings import get_settings
 from ..config import config_as_dict
-from ..architectures.base import BaseArchitecture, register_architecture, get_architecture_class, list_architectures
+from ..architectures.base import BaseArchitecture, register_architecture, get_architecture_class, list_architectures, _same_class
 from .checkpoint import load_checkpoint, to_jsonable, git_info, CheckpointError
 
 # %% auto #0
 __all__ = ['RegistryError', 'parse_version', 'version_key', 'check_name', 'allow_module', 'resolve_class', 'class_path',
-           'build_model', 'weights_bytes', 'sha256_bytes', 'ModelVersion', 'write_atomic', 'ModelRegistry',
+           'build_model', 'lazy_keys', 'weights_bytes', 'sha256_bytes', 'ModelVersion', 'write_atomic', 'ModelRegistry',
            'Comparison', 'register_model']
 
 # %% ../../nbs/versioning/01_registry.ipynb #9390380c
@@ -73,8 +73,9 @@ def resolve_class(path:str) -> type:
     if not isinstance(path, str) or not path: raise RegistryError(f'model class: expected a name or an import path, got {path!r}')
     if path in list_architectures(): return get_architecture_class(path)
     if ':' not in path and '.' not in path:
-        raise RegistryError(f"model class {path!r} is not a registered architecture in this session: define the class and "
-                            f"decorate it with @register_architecture(name={path!r}) (or import the module that does) before loading")
+        raise RegistryError(f"model class {path!r} is not a registered architecture in this session: run the cell (or import "
+                            "the module) that defines it before loading; a BaseArchitecture subclass registers itself by its "
+                            f"class statement (class CustomModel -> 'custom'), another class with @register_architecture(name={path!r})")
     module, _, qual = path.partition(':') if ':' in path else path.rpartition('.')
     if not (_DOTTED.match(module) and _DOTTED.match(qual)) or any(p.startswith('__') for p in qual.split('.')):
         raise RegistryError(f"model class {path!r}: expected 'module:ClassName'")
@@ -96,7 +97,7 @@ def class_path(cls:type) -> str:
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise RegistryError(f'model: expected an nn.Module class, instance or registered architecture name, got {cls!r}')
     name = cls.__dict__.get('registered_name')
-    if name is not None and name in list_architectures() and get_architecture_class(name) is cls: return name
+    if name is not None and name in list_architectures() and _same_class(get_architecture_class(name), cls): return name  # or a cell run again
     if _is_local(cls):
         name = cls.__name__
         if name in list_architectures():
@@ -113,21 +114,18 @@ def class_path(cls:type) -> str:
 
 # %% ../../nbs/versioning/01_registry.ipynb #691a3ec0
 def build_model(cls:type, config:dict|None=None) -> nn.Module:
-    "An instance of `cls` built from a recorded config (`from_config` for a composed architecture, else `cls(config)`)."
-    if config is None: return cls()
-    params = inspect.signature(cls).parameters
-    composed = 'backbone' in params or 'head' in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
-    if issubclass(cls, BaseArchitecture) and composed and {'backbone', 'head'} & set(config): return cls.from_config(config)
-    return cls(config)
+    "An instance of `cls` built from a recorded config (`from_config` for an architecture, else `cls(config)`)."
+    if isinstance(cls, type) and issubclass(cls, BaseArchitecture): return cls.from_config(config or {})
+    return cls() if config is None else cls(config)
+
+def lazy_keys(model:nn.Module) -> list[str]:
+    "The names of the tensors that a lazy layer has not sized yet (it has seen no batch): they have no values to store."
+    return [k for k, v in model.state_dict().items() if isinstance(v, nn.parameter.UninitializedTensorMixin)]
 
 def weights_bytes(model:nn.Module) -> bytes:
-    "`model.state_dict()` as safetensors bytes (CPU copies, so tied or strided tensors store cleanly)."
-    sd = {}
-    for k, v in model.state_dict().items():
-        if isinstance(v, nn.parameter.UninitializedTensorMixin):
-            raise RegistryError(f'{type(model).__name__}: `{k}` is not initialised yet (a lazy layer); run one batch through the model before registering it')
-        sd[k] = v.detach().to('cpu', copy=True).contiguous()
-    return _st_save(sd)
+    "`model.state_dict()` as safetensors bytes (CPU copies, so tied or strided tensors store cleanly), `lazy_keys` left out."
+    return _st_save({k: v.detach().to('cpu', copy=True).contiguous() for k, v in model.state_dict().items()
+                     if not isinstance(v, nn.parameter.UninitializedTensorMixin)})
 
 def sha256_bytes(data:bytes) -> str: return hashlib.sha256(data).hexdigest()
 
@@ -173,6 +171,7 @@ class ModelVersion:
     def _repr_markdown_(self) -> str:
         w = self.weights
         weights = (f"`sha256:{w['sha256'][:12]}` · {w['tensors']} tensors · {w['params']:,} params · {w['bytes']/1e3:,.1f} kB"
+                   + (f" · {len(w['lazy'])} lazy, not sized yet" if w.get('lazy') else '')
                    if w else 'none: architecture only (built from its config)')
         mets = ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in (self.metrics or {}).items()) or '-'
         cfg = ', '.join(f'{k}={v!r}' for k, v in (self.config or {}).items())
@@ -362,6 +361,7 @@ def _differences(old:dict, new:dict) -> list[str]:
     out = []
     if old.get('model_class') != new.get('model_class'): out.append(f"model class ({old.get('model_class')} -> {new.get('model_class')})")
     a, b = _flat(old.get('config')), _flat(new.get('config'))
+    if ('architecture' in a) != ('architecture' in b): a.pop('architecture', None); b.pop('architecture', None)  # model_class says it
     keys = [k for k in sorted(set(a) | set(b)) if a.get(k, '<absent>') != b.get(k, '<absent>')]
     if keys or (old.get('config') is None) != (new.get('config') is None):
         out.append('config (' + ', '.join(f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys[:5]) +
@@ -370,14 +370,14 @@ def _differences(old:dict, new:dict) -> list[str]:
     if wa != wb: out.append(f"weights (sha256 {str(wa)[:12]} -> {str(wb)[:12]})")
     return out
 
-def _instance_config(model:nn.Module, config):
-    "`config`, else the model's own `to_config()`, else None (rebuilt as `cls()`, which `_check_rebuild` verifies)."
-    if config is not None: return config
-    try: return model.to_config()
-    except (AttributeError, TypeError, NotImplementedError): return None
+def _instance_config(model:nn.Module, config) -> tuple[dict|None, str]:
+    "`config`, else the model's own `to_config()`, else None (rebuilt as `cls()`, which `_check_rebuild` verifies) and why."
+    if config is not None: return config, ''
+    try: return model.to_config(), ''
+    except (AttributeError, TypeError, NotImplementedError) as e: return None, str(e)
 
-def _check_rebuild(cls, config, weights:dict|None):
-    "Build `cls` from `config` (meta device first) and compare its state_dict with `weights` {name: shape}."
+def _check_rebuild(cls, config, weights:dict|None, lazy=(), why:str=''):
+    "Build `cls` from `config` (meta device first) and compare its state_dict with `weights` {name: shape} and the `lazy` names."
     try:
         with torch.random.fork_rng(devices=[]), torch.device('meta'): m = build_model(cls, config)
     except Exception:
@@ -386,22 +386,24 @@ def _check_rebuild(cls, config, weights:dict|None):
         except Exception as e:
             given = 'this config' if config is not None else f'no config ({cls.__name__}() with no arguments)'
             raise RegistryError(f"can't rebuild {cls.__name__} from {given}: {type(e).__name__}: {e}; "
+                                + (f'its to_config() failed: {why}; ' if why else '') +
                                 "pass config= the config the model was built from") from None
     if weights is None: return
     own = {k: tuple(v.shape) for k, v in m.state_dict().items() if not isinstance(v, nn.parameter.UninitializedTensorMixin)}
-    lazy = {k for k, v in m.state_dict().items() if isinstance(v, nn.parameter.UninitializedTensorMixin)}
-    missing = sorted((set(own) | lazy) - set(weights))
-    extra = sorted(set(weights) - set(own) - lazy)
+    lazy_own = set(lazy_keys(m))
+    missing = sorted((set(own) | lazy_own) - set(weights) - set(lazy)) + sorted(set(lazy) - lazy_own)  # recorded lazy: lazy again
+    extra = sorted(set(weights) - set(own) - lazy_own)
     shapes = [f'{k}: {weights[k]} vs {own[k]}' for k in own if k in weights and weights[k] != own[k]]
     if missing or extra or shapes:
-        raise RegistryError(f'{cls.__name__} rebuilt from this config does not fit the weights: missing {missing[:3]}, '
-                            f'unexpected {extra[:3]}, shapes {shapes[:3]}; pass the config the model was built from')
+        raise RegistryError(f"{cls.__name__} rebuilt from {'this config' if config is not None else 'no config'} does not fit the "
+                            f'weights: missing {missing[:3]}, unexpected {extra[:3]}, shapes {shapes[:3]}; '
+                            + (f'its to_config() failed: {why}; ' if why else '') + 'pass the config the model was built from')
 
 # %% ../../nbs/versioning/01_registry.ipynb #7bc89958
 @patch
 def register(self:ModelRegistry, name:str, version:str, model, config=None, checkpoint:Path|str|None=None,
              tags=(), metrics:dict|None=None, description:str|None=None) -> ModelVersion:
-    "Register `model` (a class, an instance or an architecture name) as `name` `version`; returns its `ModelVersion`."
+    "Register `model` (a class, an instance or an architecture name) as `name` `version`; in git, commit and tag it (printed)."
     name, version = check_name(name), parse_version(version)
     tags = [tags] if isinstance(tags, str) else list(tags or ())
     for t in tags:
@@ -425,13 +427,16 @@ def register(self:ModelRegistry, name:str, version:str, model, config=None, chec
         with torch.random.fork_rng(devices=[]): instance = build_model(cls, config)
         try: instance.load_state_dict(sd, strict=True)
         except RuntimeError as e: raise RegistryError(f'{checkpoint}: its weights do not fit {cls.__name__} built from this config: {e}') from None
-    elif instance is not None: config = _instance_config(instance, config)
+    why = ''
+    if checkpoint is None and instance is not None: config, why = _instance_config(instance, config)
     cfg = _jsonable(config_as_dict(config), 'config') if config is not None else None
     data = weights_bytes(instance) if instance is not None else None
+    lazy = lazy_keys(instance) if instance is not None else []
     shapes = {k: tuple(v.shape) for k, v in _st_load(data).items()} if data is not None else None
-    _check_rebuild(cls, cfg, shapes)
+    _check_rebuild(cls, cfg, shapes, lazy, why)
     weights = None if data is None else {'file': 'model.safetensors', 'sha256': sha256_bytes(data), 'bytes': len(data),
-                                         'tensors': len(shapes), 'params': sum(p.numel() for p in instance.parameters())}
+                                         'tensors': len(shapes), **({'lazy': lazy} if lazy else {}),
+                                         'params': sum(p.numel() for p in instance.parameters() if not nn.parameter.is_lazy(p))}
     rev = git_info(self.repo or None)
     mv = ModelVersion(name=name, version=version, model_class=cpath, config=cfg, weights=weights,
                       metrics=_jsonable(metrics or {}, 'metrics'), description=description,
@@ -477,13 +482,26 @@ def _write_version(self:ModelRegistry, mv:ModelVersion, data:bytes|None):
 
 # %% ../../nbs/versioning/01_registry.ipynb #360cc44b
 @patch
-def _commit(self:ModelRegistry, files:list[Path], message:str):
+def _commit(self:ModelRegistry, files:list[Path], message:str) -> str|None:
+    "Commit exactly `files` (and the registry's `.gitignore`) with `git commit --only`; print and return the commit's sha."
     gi = self.root/'.gitignore'
     if not gi.exists(): write_atomic(gi, '/.lock\n.*.tmp-*\n')
     paths = [self._rel(f) for f in [*files, gi]]
     self._git('add', '--', *paths)
-    if self._git('diff', '--cached', '--name-only', '--', *paths).strip():
-        self._git('commit', '-q', '--only', '-m', message, '--', *paths)
+    changed = self._git('diff', '--cached', '--name-only', '--', *paths).split()
+    if not changed: return None
+    self._git('commit', '-q', '--only', '-m', message, '--', *paths)
+    sha = self._git('rev-parse', '--short', 'HEAD').strip()
+    print(f"registry: git commit {sha} {message!r}: {', '.join(changed)}")
+    return sha
+
+@patch
+def _tagging(self:ModelRegistry, pattern:str, make):
+    "Call `make()` (a `gto.api` call) and print the git tags matching `pattern` that it added."
+    before = set(self._git('tag', '--list', pattern).split())
+    make()
+    for t in sorted(set(self._git('tag', '--list', pattern).split()) - before):
+        print(f"registry: git tag {t} -> {self._git('rev-list', '-n1', '--abbrev-commit', t).strip()}")
 
 @patch
 def _publish(self:ModelRegistry, mv:ModelVersion, files:list[Path], has_weights:bool):
@@ -492,12 +510,16 @@ def _publish(self:ModelRegistry, mv:ModelVersion, files:list[Path], has_weights:
     if has_weights and self.dvc:
         w = self._rel(vdir/mv.weights['file'])
         self._dvc_cli('add', '--quiet', w)
-        if _dvc_default_remote(self.repo): self._dvc_cli('push', '--quiet', w + '.dvc')
+        print(f'registry: dvc add {w}')
+        remote = _dvc_default_remote(self.repo)
+        if remote:
+            self._dvc_cli('push', '--quiet', w + '.dvc')
+            print(f'registry: dvc push {w}.dvc -> remote {remote!r}')
         files += [vdir/(mv.weights['file'] + '.dvc'), vdir/'.gitignore']
     elif has_weights: files.append(vdir/mv.weights['file'])
     self._commit(files, f'Register {mv.name} v{mv.version}')
-    gto.api.register(str(self.repo), mv.name, 'HEAD', version=f'v{mv.version}',
-                     message=f'Registering artifact {mv.name} version v{mv.version}')
+    self._tagging(mv.tag, lambda: gto.api.register(str(self.repo), mv.name, 'HEAD', version=f'v{mv.version}',
+                                                   message=f'Registering artifact {mv.name} version v{mv.version}'))
 
 # %% ../../nbs/versioning/01_registry.ipynb #665e1b90
 @patch
@@ -532,8 +554,11 @@ def load(self:ModelRegistry, name:str, version:str='latest', *, device=None) -> 
         if got != mv.digest:
             raise RegistryError(f'{where}: sha256 {got[:16]}... ({len(data)} bytes) does not match the recorded '
                                 f'{mv.digest[:16]}... ({mv.weights["bytes"]} bytes): the file was altered or truncated')
-        try: model.load_state_dict(_st_load(data), strict=True)
+        try: missing, unexpected = model.load_state_dict(_st_load(data), strict=False)
         except RuntimeError as e: raise RegistryError(f'{name} {mv.version}: the weights do not fit {cls.__name__}: {e}') from None
+        if unexpected or set(missing) != set(mv.weights.get('lazy', ())):
+            raise RegistryError(f"{name} {mv.version}: the weights do not fit {cls.__name__}: missing "
+                                f"{sorted(set(missing) - set(mv.weights.get('lazy', ())))[:3]}, unexpected {unexpected[:3]}")
     if device is not None: model = model.to(device)
     return model.eval()
 
@@ -580,7 +605,8 @@ def promote(self:ModelRegistry, name:str, version:str, stage:str) -> ModelVersio
     self._relabel(name, change, f'Promote {name} v{mv.version} to {stage}')
     if self.repo is not None and self._git('tag', '--list', mv.tag).strip():
         import gto.api
-        gto.api.assign(str(self.repo), name, stage, version=f'v{mv.version}', message=f'Assigning stage {stage} to artifact {name} version v{mv.version}')
+        self._tagging(f'{name}#{stage}#*', lambda: gto.api.assign(str(self.repo), name, stage, version=f'v{mv.version}',
+                                                                   message=f'Assigning stage {stage} to artifact {name} version v{mv.version}'))
     return self.get(name, mv.version)
 
 @patch
@@ -593,7 +619,7 @@ def deprecate(self:ModelRegistry, name:str, version:str) -> ModelVersion:
     self._relabel(name, change, f'Deprecate {name} v{mv.version}')
     if self.repo is not None and self._git('tag', '--list', mv.tag).strip():
         import gto.api
-        gto.api.deregister(str(self.repo), name, version=f'v{mv.version}')
+        self._tagging(f'{mv.tag}!*', lambda: gto.api.deregister(str(self.repo), name, version=f'v{mv.version}'))
     return self.get(name, mv.version)
 
 # %% ../../nbs/versioning/01_registry.ipynb #a44914a2
@@ -633,5 +659,5 @@ def compare(self:ModelRegistry, name:str, *versions:str) -> Comparison:
 
 # %% ../../nbs/versioning/01_registry.ipynb #db9e107f
 def register_model(model, name:str, version:str, tags=(), **kwargs) -> ModelVersion:
-    "Register `model` as `name` `version` on the default registry (see `ModelRegistry.register` for `kwargs`)."
+    "Register `model` as `name` `version` on the default registry (in git: a commit and a tag, printed); `kwargs` as `ModelRegistry.register`."
     return ModelRegistry().register(name, version, model, tags=tags, **kwargs)
