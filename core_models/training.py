@@ -6,7 +6,7 @@ Docs: https://core-models.github.io/core-models/training.html.md"""
 
 # %% ../nbs/06_training.ipynb #96d40bf6
 from __future__ import annotations
-import contextlib, json, math, os, resource, shutil, sys, time, warnings
+import contextlib, json, math, os, re, resource, shutil, sys, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,13 +19,14 @@ from .config import ComponentConfig, ConfigError, config_field, config_as_dict, 
 from .settings import seed_everything, resolve_device
 from .data import TASKS, detection_collate
 from .metrics import ConfusionMatrix, MeanAveragePrecision, SegmentationMetrics
-from .versioning.checkpoint import CheckpointManager, config_hash, to_jsonable
+from .versioning.checkpoint import (CheckpointManager, config_hash, to_jsonable, read_meta, nonfinite_tensors,
+                                          describe_nonfinite)
 
 # %% auto #0
 __all__ = ['TrainConfig', 'default_param_groups', 'build_optimizer', 'warmup_factor', 'build_scheduler', 'Callback',
            'EarlyStopping', 'History', 'dist_info', 'is_main_process', 'init_distributed', 'convert_sync_batchnorm',
            'reset_peak_memory', 'peak_memory_mb', 'enable_grad_checkpointing', 'seed_worker', 'Trainer',
-           'dataset_classes', 'metric_class_names']
+           'NonFiniteError', 'dataset_classes', 'metric_class_names']
 
 # %% ../nbs/06_training.ipynb #a51c7af8
 @dataclass
@@ -45,6 +46,7 @@ class TrainConfig(ComponentConfig):
     precision: Literal['fp32', 'bf16', 'fp16'] = config_field('fp32', doc='autocast dtype (fp16 only on CUDA, with a GradScaler)')
     channels_last: bool = config_field(False, doc='NHWC memory format (faster convolutions on CPU with bf16, and on tensor cores)')
     grad_clip: float | None = config_field(None, doc='clip the gradient norm to this (None: no clipping)', gt=0)
+    skip_nonfinite: bool = config_field(False, doc='skip a batch whose loss or gradients are nan/inf (counted in `skipped_steps`) instead of stopping the run')
     accumulate: int = config_field(1, doc='batches whose gradients are summed before an optimizer step', ge=1)
     compile: bool = config_field(False, doc='torch.compile the model for training')
     grad_checkpointing: bool = config_field(False, doc="recompute activations in backward instead of storing them (the model's `set_grad_checkpointing`)")
@@ -260,7 +262,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, c, math.ceil(self.steps_per_epoch / c.accumulate))
         self.scaler = torch.amp.GradScaler('cuda') if c.precision == 'fp16' else None
         self.callbacks = list(callbacks)
-        self.history, self.epoch, self.step, self.stop_training = History(), 0, 0, False
+        self.history, self.epoch, self.step, self.stop_training, self.skipped_steps = History(), 0, 0, False, 0
         self.checkpoints = self._make_manager()
         self.last_evaluation, self.live = None, None
         net = self.model
@@ -320,6 +322,65 @@ def _all_reduce(t:torch.Tensor, distributed:bool) -> torch.Tensor:
     if distributed: dist.all_reduce(t)
     return t
 
+class NonFiniteError(FloatingPointError):
+    "Training met a nan/inf loss, gradient or weight: the message names the epoch, the step and the likely cause."
+
+def _total_norm(grads:list[torch.Tensor]) -> torch.Tensor:
+    "The 2-norm of all `grads` together (nan or inf when one of them is)."
+    if not grads: return torch.zeros(())
+    if hasattr(nn.utils, 'get_total_norm'): return nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+
+def _clip(grads:list[torch.Tensor], max_norm:float, norm:torch.Tensor):
+    "Scale `grads` (whose total norm is `norm`) down to `max_norm` when above it, as `clip_grad_norm_` does."
+    coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    for g in grads: g.mul_(coef.to(g.device, g.dtype))
+
+@patch
+def nonfinite_cause(self:Trainer, images=None) -> str:
+    "The likely cause of a nan/inf: the data if `images` hold nan/inf, else the learning rate (and the precision, if not fp32)."
+    c = self.config
+    if isinstance(images, torch.Tensor) and images.is_floating_point() and not (ok := torch.isfinite(images)).all():
+        return f"the data: this batch's images hold {int((~ok).sum())} nan/inf values (check the dataset and its transforms)"
+    cause = f'the learning rate (lr={c.lr:g}, {self.optimizer.param_groups[0]["lr"]:.3g} now): try one 10x lower, or grad_clip=1.0'
+    if c.precision != 'fp32': cause += f"; or the precision ({c.precision} overflows sooner: try precision='fp32')"
+    if c.precision != 'fp32' and not c.skip_nonfinite: cause += '. To skip such batches instead of stopping, pass skip_nonfinite=True'
+    return cause
+
+@patch
+def nonfinite_error(self:Trainer, what:str, where:str, images=None, stopped:str='before updating the weights') -> NonFiniteError:
+    "The `NonFiniteError` for `what` (went nan/inf `where`): what is kept, and the likely cause."
+    best = self.checkpoints.best_path if self.checkpoints is not None else None
+    kept = f'; the best checkpoint is still {str(best)!r} (trainer.load_best() loads it)' if best else ''
+    return NonFiniteError(f'Trainer: {what} {where}; stopped {stopped}{kept}. Likely cause: {self.nonfinite_cause(images)}')
+
+@patch
+def optimizer_step(self:Trainer, where:str, images, bad_loss:bool=False) -> bool:
+    "Unscale, check, clip and step (then the schedule); False when the step was skipped for a non-finite loss or gradient."
+    c = self.config
+    grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+    if self.scaler and grads: self.scaler.unscale_(self.optimizer)
+    norm = _total_norm(grads)
+    bad = bad_loss or (self.scaler is None and not bool(torch.isfinite(norm)))  # with fp16 the GradScaler skips inf gradients itself
+    if self.distributed: bad = _all_reduce(torch.tensor(float(bad), device=self.device), True).item() > 0
+    if bad and not c.skip_nonfinite:
+        names = [n for n, p in self.model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        what = (f'the gradients are not finite (nan/inf in `{names[0]}`{f" and {len(names) - 1} more" if len(names) > 1 else ""})'
+                if names else 'the training loss is not finite')
+        raise self.nonfinite_error(what, where, images)
+    if bad or not grads:
+        if self.scaler and grads: self.scaler.update()  # lower the scale, as a step the scaler skips itself would
+        self.skipped_steps += bad
+    else:
+        if c.grad_clip: _clip(grads, c.grad_clip, norm)
+        if self.scaler: self.scaler.step(self.optimizer); self.scaler.update()
+        else: self.optimizer.step()
+    self.optimizer.zero_grad(set_to_none=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message=re.escape('Detected call of `lr_scheduler.step()` before'))  # the first step was skipped
+        self.scheduler.step()
+    return not (bad or not grads)
+
 @patch
 def train_epoch(self:Trainer, epoch:int) -> float:
     "Train one epoch; returns the mean training loss (over samples and processes)."
@@ -331,28 +392,40 @@ def train_epoch(self:Trainer, epoch:int) -> float:
     from tqdm.auto import tqdm
     bar = tqdm(self.train_loader, desc=f'epoch {epoch}/{c.epochs}', leave=False, disable=not (show and self.rank == 0))
     total, count, n = torch.zeros((), dtype=torch.float64), 0, len(self.train_loader)
+    self.skipped_steps, window_bad = 0, False
     self.optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(bar):
         x, y = self.to_device(batch)
+        where = f'at epoch {epoch}, step {self.step + 1} (batch {i + 1} of {n})'
         steps_now = (i + 1) % c.accumulate == 0 or i + 1 == n
         sync = model.no_sync() if self.distributed and not steps_now else contextlib.nullcontext()
+        buffers = [b.detach().clone() for b in self.model.buffers()] if c.skip_nonfinite else None
         with sync:
             loss = self.training_loss(model, x, y)
-            scaled = loss / c.accumulate
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            lv = loss.detach().double().cpu()
+            finite = bool(torch.isfinite(lv))
+            if finite or self.distributed:  # every process runs backward: DDP all-reduces the gradients, and decides at the step
+                window_bad |= not finite
+                scaled = loss / c.accumulate
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            elif not c.skip_nonfinite: raise self.nonfinite_error(f'the training loss is {lv.item()}', where, x)
+            else: self.skipped_steps += 1  # no backward: this batch adds nothing to the gradients
         if steps_now:
-            if self.scaler: self.scaler.unscale_(self.optimizer)
-            if c.grad_clip: nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
-            if self.scaler: self.scaler.step(self.optimizer); self.scaler.update()
-            else: self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
-        lv, bs = loss.detach().double().cpu(), len(x)
-        total += lv * bs; count += bs
+            stepped = self.optimizer_step(where, x, window_bad)
+            window_bad = False
+        if buffers is not None and (not finite or (steps_now and not stepped)):
+            for b, saved in zip(self.model.buffers(), buffers): b.copy_(saved)  # BatchNorm statistics saw the skipped batch
+        if finite:
+            bs = len(x)
+            total += lv * bs; count += bs
         self.step += 1
         bar.set_postfix(loss=f'{lv.item():.4f}')
-        for cb in self.callbacks: cb.on_batch_end(self, self.step, lv.item())
+        if finite:
+            for cb in self.callbacks: cb.on_batch_end(self, self.step, lv.item())
     stats = _all_reduce(torch.stack([total, torch.tensor(float(count), dtype=torch.float64)]).to(self.device), self.distributed)
+    if stats[1] == 0:
+        raise self.nonfinite_error('every batch had a non-finite loss', f'in epoch {epoch} ({n} of {n} skipped with skip_nonfinite=True)',
+                                   stopped='as nothing is being learnt')
     return (stats[0] / stats[1]).item()
 
 # %% ../nbs/06_training.ipynb #d571539d
@@ -441,7 +514,7 @@ def evaluate(self:Trainer, dataset:Dataset|None=None) -> dict:
     return out
 
 # %% ../nbs/06_training.ipynb #da90ac0d
-_NOT_HASHED = ('live_dir', 'checkpoint_dir', 'resume', 'progress', 'device', 'num_workers', 'compile')
+_NOT_HASHED = ('live_dir', 'checkpoint_dir', 'resume', 'progress', 'device', 'num_workers', 'compile', 'skip_nonfinite')
 
 def _describe_data(ds) -> dict|None:
     if ds is None: return None
@@ -488,12 +561,13 @@ def _clear_checkpoints(self:Trainer):
 def resume(self:Trainer) -> int:
     "Load the last checkpoint when it belongs to this run config (see above); the number of epochs it completed, else 0."
     mgr = self.checkpoints
+    if mgr is not None and self.rank == 0: mgr.clean()  # leftovers of a run that was killed mid-save
     if mgr is None or mgr.last_path is None: return 0
     say = print if self.rank == 0 else (lambda *a: None)
     if not self.config.resume:
         say(f'Trainer: resume=False, starting fresh (replacing the checkpoints in {str(mgr.root)!r})')
         self._clear_checkpoints(); return 0
-    meta = json.loads((mgr.last_path/'meta.json').read_text())
+    meta = read_meta(mgr.last_path)
     saved = (meta.get('extra') or {}).get('run_config')
     mine = self.run_config()
     if saved is None or config_hash(saved) != config_hash(mine):
@@ -555,7 +629,15 @@ def fit(self:Trainer) -> History:
             reset_peak_memory(self.device)
             t0 = time.perf_counter()
             row = {'epoch': epoch, 'train_loss': self.train_epoch(epoch)}
+            if c.skip_nonfinite: row['skipped_steps'] = self.skipped_steps
+            if bad := nonfinite_tensors(self.model):
+                raise self.nonfinite_error(f'the weights hold nan/inf ({describe_nonfinite(bad)})', f'after epoch {epoch}',
+                                           stopped='before saving this epoch')
             if self.val_dataset is not None: row.update({f'val_{k}': v for k, v in self.evaluate().items()})
+            if not math.isfinite(row.get('val_loss', 0.0)):
+                raise NonFiniteError(f"Trainer: the validation loss is {row['val_loss']} after epoch {epoch} although the weights are finite; "
+                                     'stopped before saving this epoch. Likely cause: the validation data hold nan/inf values '
+                                     '(check the dataset and its transforms)')
             row.update(lr=self.optimizer.param_groups[0]['lr'], seconds=round(time.perf_counter() - t0, 3),
                        peak_memory_mb=round(peak_memory_mb(self.device), 1))
             self.history.append(row)
