@@ -131,3 +131,32 @@ def test_learning_path_names_real_notebooks():
     tutorials = sorted(p.stem for p in (ROOT/'nbs'/'tutorials').glob('[0-9]*.ipynb'))
     unlisted = [t for t in tutorials if f'tutorials/{t}' not in named]
     assert not unlisted, f'tutorials missing from the index learning path: {unlisted}'
+
+def test_widget_picture_from_saved_state():
+    "A notebook saved with its widget state is drawn from it without running: boxes, labels, controls, images, outputs."
+    import base64, copy, importlib.util, io
+    import ipywidgets as W
+    from PIL import Image
+    spec = importlib.util.spec_from_file_location('build_docs', ROOT/'tools'/'build_docs.py')
+    bd = importlib.util.module_from_spec(spec); spec.loader.exec_module(bd)
+    buf = io.BytesIO(); Image.new('RGB', (8, 4), (200, 30, 30)).save(buf, format='PNG')
+    out = W.Output()
+    out.outputs = ({'output_type': 'display_data', 'metadata': {}, 'data': {'text/plain': 'a plot', 'image/png': base64.b64encode(buf.getvalue()).decode()}},
+                   {'output_type': 'stream', 'name': 'stdout', 'text': 'epoch 1 done\n'})
+    box = W.VBox([W.HBox([W.Dropdown(options=['resnet18', 'resnet50'], value='resnet50', description='backbone'),
+                          W.IntSlider(7, 0, 10, description='depth')]),
+                  W.Label('11 M params'), W.Image(value=buf.getvalue(), format='png'), out])
+    state = W.Widget.get_manager_state(drop_defaults=True, widgets=[box, *box.children, *box.children[0].children])
+    nb = {'metadata': {'widgets': {bd.WIDGET_STATE: state}}, 'cells': [{'cell_type': 'code', 'source': 'box', 'metadata': {}, 'outputs': [
+        {'output_type': 'execute_result', 'metadata': {}, 'execution_count': 1,
+         'data': {'text/plain': 'VBox(children=(...))', bd.WIDGET_VIEW: {'version_major': 2, 'version_minor': 0, 'model_id': box.model_id}}}]}]}
+    assert not bd.needs_run(nb) and not bd.needs_run(nb, widget_demo=True)  # its state is saved: no need to run it
+    unsaved = {'metadata': {}, 'cells': copy.deepcopy(nb['cells'])}
+    assert bd.needs_run(unsaved)  # the same notebook saved without its widget state must run to be drawn
+    assert bd.static_widgets(nb) == 0
+    drawn = nb['cells'][0]['outputs'][0]['data']
+    assert list(drawn) == ['text/html'] and 'widgets' not in nb['metadata']
+    h = drawn['text/html']
+    assert '<option selected>resnet50</option>' in h and 'depth' in h and 'value="7"' in h and '11 M params' in h
+    assert h.count('src="data:image/png;base64,') == 2 and 'epoch 1 done' in h  # the Image widget's and the Output's
+    assert 'VBox(children=' not in h

@@ -275,7 +275,7 @@ def widget_html(models:dict, mid:str, depth:int=0) -> str:
         return f'<div class="{cls} w-row"{sty}>{desc}<input disabled value="{esc(st.get("value", ""))}"></div>'
     return f'<div class="{cls}"{sty}>{desc}{esc(name.removesuffix("Model"))}</div>'
 
-NOTE = ('<div class="docs-widget-note">A picture of this widget as the notebook left it after Run All. '
+NOTE = ('<div class="docs-widget-note">A picture of this widget as the notebook left it when run top to bottom. '
         'Open the notebook in JupyterLab (<code>make lab</code>) to use it.</div>')
 
 def static_widgets(nb:dict) -> int:
