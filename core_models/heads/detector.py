@@ -194,6 +194,18 @@ def forward_dense(self:DetectionHead, features:list[torch.Tensor]) -> dict:
                 level_sizes=[p.shape[-2] * p.shape[-1] for p in pyramid])
 
 # %% ../../nbs/heads/02_detector.ipynb #16ccfdb0
+def _check_boxes(name:str, i:int, boxes:torch.Tensor):
+    "Refuse (naming the image, the box and its coordinates) a box that is not finite or has no positive width and height."
+    if not len(boxes): return
+    for bad, expected in ((~torch.isfinite(boxes).all(1), 'finite coordinates'),
+                          ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]),
+                           'x1 < x2 and y1 < y2 (xyxy pixels: a positive width and height)')):
+        if bad.any():
+            j, n = int(bad.nonzero()[0]), int(bad.sum())
+            raise ValueError(f'{name}: targets[{i}]["boxes"][{j}] expected {expected}, got {boxes[j].tolist()}'
+                             + (f' ({n} such boxes in this image)' if n > 1 else '')
+                             + '; drop or fix such boxes in the dataset (torchvision.transforms.v2.SanitizeBoundingBoxes removes them)')
+
 @patch
 def check_targets(self:DetectionHead, targets, batch_size:int) -> list[dict]:
     "`targets` in torchvision's format (one dict of `boxes` (N, 4) and `labels` (N,) per image) as plain tensors, or a `ValueError`."
@@ -205,6 +217,8 @@ def check_targets(self:DetectionHead, targets, batch_size:int) -> list[dict]:
         raise ValueError(f'{name}: expected a list of {batch_size} target dicts (one per image), got {type(targets).__name__}'
                          + (f' of {len(targets)}' if isinstance(targets, (list, tuple)) else ''))
     for i, t in enumerate(targets):
+        if not isinstance(t, dict):
+            raise ValueError(f'{name}: targets[{i}] expected a dict of "boxes" and "labels", got {type(t).__name__}')
         boxes, labels = t.get('boxes'), t.get('labels')
         if not isinstance(boxes, torch.Tensor) or boxes.ndim != 2 or boxes.shape[-1] != 4:
             raise ValueError(f'{name}: targets[{i}]["boxes"] expected a float tensor (N, 4) xyxy, got '
@@ -215,6 +229,7 @@ def check_targets(self:DetectionHead, targets, batch_size:int) -> list[dict]:
         if len(labels) and (labels.min() < 0 or labels.max() >= n):
             raise ValueError(f'{name}: targets[{i}]["labels"] expected values in 0..{n - 1} (num_classes={n}), '
                              f'got {labels.min().item()}..{labels.max().item()}')
+        _check_boxes(name, i, boxes.as_subclass(torch.Tensor).float())
     return [dict(boxes=t['boxes'].as_subclass(torch.Tensor).float(), labels=t['labels'].as_subclass(torch.Tensor).long())
             for t in targets]
 
