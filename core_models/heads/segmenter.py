@@ -261,6 +261,8 @@ def losses(self:SegmentationHead, logits:torch.Tensor, masks:torch.Tensor) -> di
     "Cross-entropy (and the weighted Dice loss) of upsampled `logits` (B, K, H, W) against `masks` (B, H, W)."
     c = self.config
     masks = _check_masks(self, masks, logits)
-    out = {'loss_ce': F.cross_entropy(logits.float(), masks, ignore_index=c.ignore_index)}
+    counted = (masks != c.ignore_index).sum()
+    # the mean over the counted pixels; torch's own mean divides by zero (nan) when every pixel is ignore_index
+    out = {'loss_ce': F.cross_entropy(logits.float(), masks, ignore_index=c.ignore_index, reduction='sum') / counted.clamp(min=1)}
     if c.dice_weight > 0: out['loss_dice'] = c.dice_weight * dice_loss(logits, masks, c.ignore_index)
     return out
