@@ -6,7 +6,7 @@ Docs: https://core-models.github.io/core-models/backbones/base.html.md"""
 
 # %% ../../nbs/backbones/00_base.ipynb #971a9053
 from __future__ import annotations
-import math, warnings
+import math, os, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -48,7 +48,7 @@ class BackboneConfig(ComponentConfig):
     out_indices: tuple[int, ...] | None = config_field(None, doc='levels returned with features_only (None: all)')
     drop_rate: float = config_field(0.0, doc='dropout before the classifier', ge=0, lt=1)
     drop_path_rate: float = config_field(0.0, doc='stochastic depth rate of the last block', ge=0, lt=1)
-    img_size: int | tuple[int, int] | None = config_field(None, doc='input size the model is built for (convnets take any size)')
+    img_size: int | tuple[int, int] | None = config_field(None, doc='input size the model is built for (convnets take any size)', ge=1)
 
 def _flat_blocks(m:nn.Module):
     "The blocks of `m`: the leaves of nested plain `nn.Sequential`s, or `m` itself."
@@ -227,6 +227,9 @@ class WeightsError(ValueError):
 def read_state_dict(weights, *, torchvision_name:str|None=None) -> dict:
     "A state_dict from a dict, a `.pth`/`.pt`/`.safetensors` file, a checkpoint folder or `'torchvision'`."
     if isinstance(weights, dict): return dict(weights)
+    if not isinstance(weights, (str, os.PathLike)):
+        raise WeightsError(f'weights: expected a state_dict (a dict of tensors), the path of a .pth/.pt/.safetensors file or of a '
+                           f'checkpoint folder, or "torchvision"; got {weights!r} ({type(weights).__name__})')
     if weights == 'torchvision':
         if torchvision_name is None: raise WeightsError('weights="torchvision": this backbone has no torchvision twin')
         import torchvision
@@ -242,7 +245,8 @@ def read_state_dict(weights, *, torchvision_name:str|None=None) -> dict:
     if not p.is_file(): raise WeightsError(f'weights file {str(p)!r} does not exist')
     if p.suffix == '.safetensors':
         from safetensors.torch import load_file
-        return load_file(p)
+        try: return load_file(p)
+        except Exception as e: raise WeightsError(f'could not read weights from {str(p)!r}: not a valid safetensors file ({e})') from None
     try: sd = torch.load(p, map_location='cpu', weights_only=True)
     except Exception as e: raise WeightsError(f'could not read weights from {str(p)!r}: {e}') from None
     for k in ('state_dict', 'model'):
@@ -262,7 +266,12 @@ def adapt_input_conv(weight:torch.Tensor, in_chans:int) -> torch.Tensor:
 # %% ../../nbs/backbones/00_base.ipynb #99693748
 def load_weights(model:Backbone, weights, *, torchvision_name:str|None=None, strict:bool=True):
     "Load `weights` (see `read_state_dict`) into `model`, mapping keys, adapting the stem and dropping a mismatched classifier."
-    sd = model.convert_state_dict(read_state_dict(weights, torchvision_name=torchvision_name))
+    sd = read_state_dict(weights, torchvision_name=torchvision_name)
+    not_tensors = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise WeightsError(f'{type(model).__name__}: the weights expected a state_dict of tensors, got a '
+                           f'{type(sd[not_tensors[0]]).__name__} under `{not_tensors[0]}`')
+    sd = model.convert_state_dict(sd)
     own = model.state_dict()
     first = model.default_cfg.get('first_conv')
     if first and f'{first}.weight' in sd and f'{first}.weight' in own:
@@ -271,6 +280,12 @@ def load_weights(model:Backbone, weights, *, torchvision_name:str|None=None, str
     for suffix in ('weight', 'bias'):
         k = f'{clf}.{suffix}'
         if k in sd and (k not in own or own[k].shape != sd[k].shape): del sd[k]
+    shapes = [f'`{k}`: weights {tuple(v.shape)}, model {tuple(own[k].shape)}' for k, v in sd.items()
+              if k in own and not nn.parameter.is_lazy(own[k]) and v.shape != own[k].shape]
+    if shapes:  # torch would refuse them with its "size mismatch" from deep inside load_state_dict
+        raise WeightsError(f'{type(model).__name__}: the weights do not fit the model: {len(shapes)} tensors have other shapes '
+                           f'({"; ".join(shapes[:3])}{"; ..." if len(shapes) > 3 else ""}); are they weights of another '
+                           'architecture or variant?')
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [k for k in missing if not k.startswith(clf + '.')]
     bad = [] if model.config.features_only else unexpected
