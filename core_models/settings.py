@@ -92,8 +92,9 @@ def read_ini(path:Path|str) -> tuple[configparser.ConfigParser, str]:
     except configparser.MissingSectionHeaderError as e:
         raise SettingsError(f"{where} {e.lineno}: expected a section header such as [{SECTION}] before the first key, got {e.line.strip()!r}") from None
     except configparser.ParsingError as e:
-        lineno, line = e.errors[0]
-        raise SettingsError(f"{where} {lineno}: expected `key = value`, a [section] or a # comment, got {line.strip()!r}") from None
+        lineno = e.errors[0][0]  # configparser keeps the line's repr: quote the line itself
+        raise SettingsError(f"{where} {lineno}: expected `key = value`, a [section] or a # comment, "
+                            f"got {text.splitlines()[lineno - 1].strip()!r}") from None
     return cp, text
 
 def _get(cp:configparser.ConfigParser, key:str, path:Path, text:str) -> str:
