@@ -10,7 +10,7 @@ import dataclasses, difflib, fnmatch, typing, types
 from dataclasses import dataclass, field, fields, MISSING
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from collections.abc import Mapping
-import torch
+import torch, torch.fx
 
 # %% auto #0
 __all__ = ['ConfigError', 'did_you_mean', 'config_field', 'type_name', 'check_type', 'config_as_dict', 'ComponentConfig',
@@ -204,6 +204,7 @@ def _pattern(p) -> str: return '(' + ', '.join(str(d) for d in p) + ')'
 
 def check_shape(x, *patterns, where:str) -> int:
     "Index of the first pattern (ints must match, strs are free) that `x.shape` matches; `ShapeError` if none."
+    if isinstance(x, torch.fx.Proxy): return 0  # fx traces without shapes: nothing to check, the first layout is assumed
     if not isinstance(x, torch.Tensor):
         raise ShapeError(f'{where}: expected a torch.Tensor of shape {" or ".join(map(_pattern, patterns))}, got {_show(x)}')
     for i, p in enumerate(patterns):

@@ -176,7 +176,7 @@ class PatchEmbed(Configurable, nn.Module):
 
     def forward(self, x):
         check_shape(x, ('B', self.config.in_chans, 'H', 'W'), where=type(self).__name__)
-        self.grid_size(*x.shape[-2:])
+        if not isinstance(x, torch.fx.Proxy): self.grid_size(*x.shape[-2:])  # fx traces without shapes
         x = self.proj(x)
         return x.flatten(2).transpose(1, 2) if self.config.flatten else x
 
