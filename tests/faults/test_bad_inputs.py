@@ -317,6 +317,13 @@ add('training/epochs-zero', lambda tmp: TrainConfig(epochs=0), ConfigError, 'Tra
 add('training/lr-negative', lambda tmp: TrainConfig(lr=-1.0), ConfigError, '`lr`', '> 0')
 add('training/epochs-text', lambda tmp: TrainConfig.resolve({'epochs': 'five'}), ConfigError, '`epochs` expected an int', "'five'")
 add('training/empty-dataset', lambda tmp: Trainer(digit_model(), [], config=TrainConfig(progress=False)), ValueError, 'the training set gives no batch')
+@case('training/resume-damaged-last', CheckpointError, 'epoch_0001/meta.json', 'is not valid JSON')
+def _(tmp):
+    cfg = TrainConfig(epochs=1, batch_size=16, progress=False, checkpoint_dir=tmp/'ck')
+    Trainer(digit_model(), digits(), config=cfg).fit()
+    (tmp/'ck'/'epoch_0001'/'meta.json').write_text('{"trunc')
+    return Trainer(digit_model(), digits(), config=cfg.to_dict() | {'epochs': 2}).fit()
+
 if not torch.cuda.is_available():
     add('training/fp16-on-cpu', lambda tmp: Trainer(digit_model(), digits(), config=TrainConfig(precision='fp16', device='cpu')), ConfigError,
         '`precision`', 'fp16 autocast needs a CUDA device')
@@ -365,6 +372,17 @@ def test_all_ignore_segmentation_target_gives_zero_loss_not_nan():
     sum(losses.values()).backward()
     assert {k: v.item() for k, v in losses.items()} == {'loss_ce': 0.0}
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_pointer_files_never_lead_outside_the_checkpoint_root(tmp_path):
+    "A hostile last.json/best.json ('../elsewhere', an absolute path) is ignored: the manager falls back to what is under its root."
+    outside = save_checkpoint(small_model(), None, 9, {'val_loss': 0.0}, tmp_path/'elsewhere')
+    mgr = CheckpointManager(tmp_path/'run')
+    mgr.save(small_model(), None, 1, {'val_loss': 0.5})
+    for target in ('../elsewhere', str(outside), 'epoch_0001/../../elsewhere'):
+        for f in ('last.json', 'best.json'): (mgr.root/f).write_text(json.dumps({'path': target}))
+        assert mgr.last_path == mgr.root/'epoch_0001' and mgr.best_path is None
+        assert mgr.resume(small_model()).epoch == 1
 
 
 def test_image_without_boxes_is_background_not_an_error():

@@ -104,3 +104,20 @@ def test_killed_at_random_moments(tmp_path):
     check_pointers(mgr, 256)
     assert start > 1, "no save completed between the kills"
     print(f"{mid} of {kills} kills left leftovers")
+
+
+def test_trainer_start_cleans_what_a_killed_run_left(tmp_path):
+    "The leftovers of a dead writer in a Trainer's checkpoint_dir are gone once the next run starts."
+    from torch.utils.data import Subset
+    from core_models import create_model
+    from core_models.data import DigitsDataset
+    from core_models.training import Trainer, TrainConfig
+    root = tmp_path/'ck'
+    root.mkdir()
+    dead = '999999-0badc0de'  # no process has this pid (pid_max is lower on most systems; the kill tests above use real ones)
+    (root/f'.last.json.tmp-{dead}').write_text('{"pa'); (root/f'.best.json.tmp-{dead}').write_text('{')
+    (root/f'.epoch_0002.del-{dead}').mkdir(); (root/f'.epoch_0003.tmp-{dead}').mkdir()
+    torch.manual_seed(0)
+    model = create_model('cnn', backbone='simple_cnn', in_chans=1, num_classes=10)
+    Trainer(model, Subset(DigitsDataset('train', size=8), range(32)), config=TrainConfig(epochs=1, batch_size=16, checkpoint_dir=root, progress=False)).fit()
+    assert hidden(root) == [] and sorted(p.name for p in root.iterdir()) == ['best.json', 'epoch_0001', 'last.json']
