@@ -3,7 +3,8 @@ import pytest, torch, torch.nn as nn, torchvision
 from torchvision.ops import StochasticDepth
 from core_models.backbones.base import create_backbone, list_backbones, get_backbone_entry
 from core_models.backbones.efficient import EfficientNet, EFFICIENTNET_VARIANTS
-from fidelity import count_params, randomize_norms_, assert_meta_twin
+from core_models.testing import count_params, randomize_norms_
+from fidelity import assert_meta_twin
 
 VARIANTS = list_backbones('efficientnet*')
 

@@ -2,7 +2,8 @@
 import pytest, torch, torchvision
 from core_models.backbones.base import create_backbone, list_backbones, get_backbone_entry
 from core_models.backbones.resnet import ResNet, torchvision_resnet_keys
-from fidelity import randomize_norms_, assert_meta_twin
+from core_models.testing import randomize_norms_
+from fidelity import assert_meta_twin
 
 VARIANTS = ['resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152', 'resnext50_32x4d', 'resnext101_32x8d',
             'resnext101_64x4d', 'wide_resnet50_2', 'wide_resnet101_2']

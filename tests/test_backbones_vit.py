@@ -84,9 +84,10 @@ def test_features_match_feature_info(out_indices, pyramid):
     with torch.no_grad(): maps = m(x)
     info = m.feature_info_selected()
     assert len(maps) == len(info) == len(m.out_indices)
+    assert m.feature_info == info, "timm's contract: feature_info describes exactly the returned maps"
     for f, i in zip(maps, info):
         assert f.shape == (2, i['num_chs'], 64 // i['reduction'], 96 // i['reduction'])
-    assert m.feature_info.reduction() == (list(PYRAMID_STRIDES) if pyramid else [16] * 4)
+    assert m.all_feature_info.reduction() == (list(PYRAMID_STRIDES) if pyramid else [16] * 4)
 
 
 def test_feature_levels_come_from_evenly_spaced_blocks():

@@ -6,10 +6,10 @@ Docs: https://core-models.github.io/core-models/backbones/base.html.md"""
 
 # %% ../../nbs/backbones/00_base.ipynb #971a9053
 from __future__ import annotations
-import math, os, warnings
+import math, os, re, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from ..config import Configurable, ComponentConfig, config_field, ConfigError, check_shape, NameRegistry
@@ -17,9 +17,10 @@ from ..blocks.conv import ConvBlock
 from ..summary import summary, ModelSummary
 
 # %% auto #0
-__all__ = ['FeatureInfo', 'BackboneConfig', 'GradCheckpointing', 'Backbone', 'SimpleCNNConfig', 'SimpleCNN', 'BackboneEntry',
-           'register_backbone', 'list_backbones', 'get_backbone_entry', 'simple_cnn', 'simple_cnn_deep', 'WeightsError',
-           'read_state_dict', 'adapt_input_conv', 'load_weights', 'create_backbone']
+__all__ = ['SIMPLE_CNN_VARIANTS', 'FeatureInfo', 'BackboneConfig', 'GradCheckpointing', 'Backbone', 'SimpleCNNConfig',
+           'SimpleCNN', 'Variant', 'build_variant', 'BackboneEntry', 'register_backbone', 'list_backbones',
+           'get_backbone_entry', 'simple_cnn', 'simple_cnn_deep', 'WeightsError', 'read_state_dict', 'adapt_input_conv',
+           'load_weights', 'create_backbone']
 
 # %% ../../nbs/backbones/00_base.ipynb #0cf4dd94
 class FeatureInfo(list):
@@ -74,20 +75,25 @@ class GradCheckpointing:
         return self
 
 class Backbone(GradCheckpointing, Configurable, nn.Module):
-    "Base of every backbone family: features, head, classifier reset and the `default_cfg`."
+    "Base of every backbone family: features, head, classifier reset, parameter groups and the `pretrained_cfg`."
     Config = BackboneConfig
     default_cfg: dict = dict(input_size=(3, 224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                             first_conv='', classifier='fc')
-    feature_info: FeatureInfo
-    num_features: int
+                             interpolation='bilinear', crop_pct=0.875, first_conv='', classifier='fc')
+    global_pools: tuple[str, ...] = ('avg',)  # what `reset_classifier(global_pool=)` accepts
+    group_regex: tuple[str, str, str] = (r'^stem', r'^stages\.(\d+)\.(\d+)', r'^stages\.(\d+)')  # stem, blocks, coarse blocks
+    # set by each family's constructor: `feature_info` (a FeatureInfo of every level) and `num_features` (an int)
 
     def forward_stages(self, x) -> list[torch.Tensor]:
-        "Every level's feature map, in the order of `feature_info`."
+        "Every level's feature map, in the order of `all_feature_info`."
         raise NotImplementedError
 
     def forward_features(self, x) -> torch.Tensor:
         "The last feature map, before pooling."
         return self.forward_stages(x)[-1]
+
+    def features_from_stages(self, maps:list[torch.Tensor], x:torch.Tensor) -> torch.Tensor:
+        "`forward_features(x)` from the maps `forward_stages(x)` gave (families whose last map is not it override this)."
+        return maps[-1]
 
     def forward_head(self, x, pre_logits:bool=False) -> torch.Tensor:
         "Pool, drop out and classify the output of `forward_features`."
@@ -100,20 +106,41 @@ class Backbone(GradCheckpointing, Configurable, nn.Module):
             return [maps[i] for i in self.out_indices]
         return self.forward_head(self.forward_features(x))
 
+    def forward_intermediates(self, x, indices:int|Sequence[int]|None=None, intermediates_only:bool=False):
+        "timm's call: the maps of the levels `indices` (an int n: the last n; a sequence: those; None: all) and, unless `intermediates_only`, the final features."
+        maps, n = self.forward_stages(x), len(self.all_feature_info)
+        if indices is None: idx = range(n)
+        elif isinstance(indices, int):
+            if not 0 < indices <= n: raise ValueError(f'{type(self).__name__}.forward_intermediates: expected indices between 1 and {n} (the last n levels), got {indices}')
+            idx = range(n - indices, n)
+        else:
+            if any(not -n <= i < n for i in indices):
+                raise ValueError(f'{type(self).__name__}.forward_intermediates: expected indices of the {n} levels (-{n} to {n-1}), got {tuple(indices)}')
+            idx = [i % n for i in indices]
+        inter = [maps[i] for i in idx]
+        return inter if intermediates_only else (self.features_from_stages(maps, x), inter)
+
     @property
     def num_classes(self) -> int: return self.config.num_classes
 
     @property
+    def pretrained_cfg(self) -> dict:
+        "timm's name for `default_cfg`: input size, mean/std, interpolation, crop, stem conv, classifier (and, for a registered variant, its torchvision twin and parameter count)."
+        return self.default_cfg
+
+    @property
     def out_indices(self) -> tuple[int, ...]:
         "The levels `features_only` returns (negative indices count from the last)."
-        n, idx = len(self.feature_info), self.config.out_indices
+        n, idx = len(self.all_feature_info), self.config.out_indices
         return tuple(range(n)) if idx is None else tuple(i % n for i in idx)
 
     def init_head(self):
         "Make `head_drop` and the classifier (named by `default_cfg['classifier']`) from the config; call once the body is built, before weight init."
-        n = len(self.feature_info)
+        self.all_feature_info = self.__dict__.get('all_feature_info') or self.feature_info
+        n = len(self.all_feature_info)
         if any(not -n <= i < n for i in (self.config.out_indices or ())):
             raise ConfigError(type(self).__name__, 'out_indices', f'indices of the {n} levels (-{n} to {n-1})', self.config.out_indices)
+        if self.config.features_only: self.feature_info = self.all_feature_info.select(self.out_indices)  # timm's: what is returned
         self.head_drop = nn.Dropout(self.config.drop_rate)
         self.reset_classifier(self.config.num_classes)
 
@@ -121,8 +148,12 @@ class Backbone(GradCheckpointing, Configurable, nn.Module):
         "The final classification layer (an `nn.Identity` when `num_classes == 0`)."
         return self.get_submodule(self.default_cfg['classifier'])
 
-    def reset_classifier(self, num_classes:int):
-        "Replace the classifier with a fresh one for `num_classes` outputs (0: none, return pooled features)."
+    def reset_classifier(self, num_classes:int, global_pool:str|None=None):
+        "Replace the classifier with a fresh one for `num_classes` outputs (0: none, return pooled features); `global_pool` (one of `global_pools`) changes the pooling."
+        if global_pool is not None:
+            if global_pool not in self.global_pools:
+                raise ValueError(f'{type(self).__name__}.reset_classifier: expected global_pool to be one of {self.global_pools} or None, got {global_pool!r}')
+            if hasattr(self.config, 'global_pool'): object.__setattr__(self.config, 'global_pool', global_pool)
         object.__setattr__(self.config, 'num_classes', num_classes)
         new = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         parent, _, name = self.default_cfg['classifier'].rpartition('.')
@@ -130,11 +161,37 @@ class Backbone(GradCheckpointing, Configurable, nn.Module):
 
     def feature_info_selected(self) -> FeatureInfo:
         "`feature_info` of the levels this backbone returns with `features_only`."
-        return self.feature_info.select(self.out_indices)
+        return self.all_feature_info.select(self.out_indices)
+
+    def no_weight_decay(self) -> set[str]:
+        "Names of parameters that take no weight decay beyond biases and norms (timm's hook; e.g. a ViT's position embedding)."
+        return set()
+
+    def group_matcher(self, coarse:bool=False) -> dict:
+        "timm's parameter groups: `stem` and `blocks` regexes (the groups of `blocks` number a block; `coarse`: one group per stage); the rest is the head."
+        stem, fine, rough = self.group_regex
+        return dict(stem=stem, blocks=rough if coarse else fine)
+
+    def layer_ids(self, coarse:bool=False) -> dict[str, int]:
+        "Parameter name -> depth for layer-wise LR decay: 0 the stem, 1..n the blocks in order (`group_matcher`), n+1 the rest (head, final norm)."
+        m = self.group_matcher(coarse)
+        stem, blocks = re.compile(m['stem']), re.compile(m['blocks'])
+        keys = {}
+        for name, _ in self.named_parameters():
+            if stem.match(name): keys[name] = 0
+            elif (b := blocks.match(name)): keys[name] = tuple(int(g) for g in b.groups())
+            else: keys[name] = None
+        order = {k: i + 1 for i, k in enumerate(sorted({v for v in keys.values() if isinstance(v, tuple)}))}
+        last = len(order) + 1
+        return {n: 0 if v == 0 else last if v is None else order[v] for n, v in keys.items()}
+
+    def torchvision_key(self, key:str) -> str:
+        "This model's name for the torchvision state-dict `key` (every family's one key map; our own keys pass unchanged)."
+        return key
 
     def convert_state_dict(self, state_dict:dict) -> dict:
-        "Map a foreign (e.g. torchvision) state_dict to this model's keys; families override this."
-        return state_dict
+        "A foreign (torchvision) or our own `state_dict` under this model's keys, through `torchvision_key`."
+        return {self.torchvision_key(k): v for k, v in state_dict.items()}
 
     def summary(self, input_size=None, **kwargs) -> ModelSummary:
         "Layer table (output shapes, parameters, FLOPs) for a batch of `input_size` (default: one image of `default_cfg['input_size']`)."
@@ -178,25 +235,74 @@ class SimpleCNN(Backbone):
 
 # %% ../../nbs/backbones/00_base.ipynb #8da19a09
 @dataclass
+class Variant:
+    "One variant of a family, as data: the arguments of the family's class (depths, widths, ratios) and the configuration of its weights (timm's `pretrained_cfg`, torchvision's weights `meta`)."
+    args: dict = field(default_factory=dict)
+    input_size: tuple[int, int, int] = (3, 224, 224)  # (C, H, W) the weights were trained at
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    interpolation: str = 'bilinear'  # resize mode of the evaluation transform
+    crop_pct: float = 0.875  # center crop / resize of the evaluation transform (224 of 256)
+    torchvision: str | None = None  # the torchvision model of the same architecture, whose weights load
+    num_params: int | None = None  # at 1000 classes (torchvision's `meta['num_params']`)
+
+    def cfg(self) -> dict:
+        "The `pretrained_cfg` entries of this variant."
+        return dict(input_size=tuple(self.input_size), mean=tuple(self.mean), std=tuple(self.std), interpolation=self.interpolation,
+                    crop_pct=self.crop_pct, torchvision=self.torchvision, num_params=self.num_params)
+
+def build_variant(cls:type[Backbone], variant:Variant, kwargs:dict) -> Backbone:
+    "`cls(variant.args, **kwargs)` with its `default_cfg` (= `pretrained_cfg`) from the variant, the input size following `in_chans`/`img_size`."
+    m = cls(variant.args, **kwargs)
+    cfg = {**cls.default_cfg, **variant.cfg()}
+    img = m.config.img_size
+    hw = cfg['input_size'][1:] if img is None else ((img, img) if isinstance(img, int) else tuple(img))
+    m.default_cfg = {**cfg, 'input_size': (m.config.in_chans, *hw)}
+    return m
+
+@dataclass
 class BackboneEntry:
-    "A registered backbone: its name, builder, family, aliases and torchvision twin."
+    "A registered backbone: its name, builder, family, aliases, torchvision twin, and (for a family's variant) its class and `Variant`."
     name: str
     builder: Callable[..., Backbone]
     family: str = ''
     aliases: tuple[str, ...] = ()
     torchvision: str | None = None
+    cls: type | None = None  # the family's Backbone class
+    variant: Variant | None = None
+
+    def config(self) -> dict:
+        "The variant's full config (every field of its family's `Config`), without building a model."
+        if self.cls is None: raise ValueError(f'backbone {self.name!r} was registered without cls=: its config is only known by building it')
+        return self.cls.Config.resolve(self.variant.args if self.variant else {}).to_dict()
+
+    @property
+    def pretrained_cfg(self) -> dict:
+        "The model's `pretrained_cfg` at its default size, without building it."
+        return {**(self.cls.default_cfg if self.cls else Backbone.default_cfg), **(self.variant.cfg() if self.variant else {})}
 
 _BACKBONES = NameRegistry('backbone', n_close=4, lister='list_backbones')
 
+def _same_builder(a, b) -> bool:
+    "The same function, or one defined by the same code (a cell run again, or a module's function redefined in a notebook, its family class with it)."
+    if a is b: return True
+    ca, cb = getattr(a, '__code__', None), getattr(b, '__code__', None)
+    return (ca is not None and cb is not None and a.__qualname__ == b.__qualname__
+            and ca.co_code == cb.co_code and ca.co_consts == cb.co_consts and ca.co_names == cb.co_names)
+
 def register_backbone(fn:Callable|None=None, *, name:str|None=None, aliases:tuple=(), torchvision:str|None=None,
-                      family:str|None=None):
-    "Decorator: register a builder `fn(**overrides) -> Backbone` under `name` (default: the function's name)."
+                      family:str|None=None, cls:type|None=None, variant:Variant|None=None):
+    "Decorator: register a builder `fn(**overrides) -> Backbone` under `name` (default: the function's name); a family's variant also gives `cls` and `variant`."
     def deco(fn):
         n = name or fn.__name__
+        tv = torchvision or (variant.torchvision if variant else None)
+        entry = BackboneEntry(n, fn, family or fn.__module__.rsplit('.', 1)[-1], tuple(aliases), tv, cls, variant)
         old = _BACKBONES.entries.get(n)
-        if old is not None and old.builder is not fn:
+        same = old is not None and _same_builder(old.builder, fn) and (old.aliases, old.torchvision, old.variant) == \
+               (entry.aliases, entry.torchvision, entry.variant) and getattr(old.cls, '__qualname__', None) == getattr(cls, '__qualname__', None)
+        if old is not None and not same:
             warnings.warn(f'register_backbone: {n!r} was registered already; the new builder replaces it')
-        _BACKBONES.register(n, BackboneEntry(n, fn, family or fn.__module__.rsplit('.', 1)[-1], tuple(aliases), torchvision), aliases)
+        _BACKBONES.register(n, entry, aliases)
         return fn
     return deco(fn) if fn is not None else deco
 
@@ -210,15 +316,22 @@ def get_backbone_entry(name:str) -> BackboneEntry:
     return _BACKBONES.get(name)
 
 # %% ../../nbs/backbones/00_base.ipynb #93297f7b
-@register_backbone(aliases=('cnn',))
+SIMPLE_CNN_VARIANTS = {
+    'simple_cnn': Variant(dict(depths=(1, 1, 1)), input_size=(3, 32, 32), crop_pct=1.0),
+    'simple_cnn_deep': Variant(dict(depths=(2, 2, 2)), input_size=(3, 32, 32), crop_pct=1.0),
+}
+
+def _simple(name, kwargs): return build_variant(SimpleCNN, SIMPLE_CNN_VARIANTS[name], kwargs)
+
+@register_backbone(aliases=('cnn',), cls=SimpleCNN, variant=SIMPLE_CNN_VARIANTS['simple_cnn'])
 def simple_cnn(**kwargs):
     "SimpleCNN with three stages of one ConvBlock (32, 64, 128 channels)."
-    return SimpleCNN(**kwargs)
+    return _simple('simple_cnn', kwargs)
 
-@register_backbone
+@register_backbone(family='simple_cnn', cls=SimpleCNN, variant=SIMPLE_CNN_VARIANTS['simple_cnn_deep'])
 def simple_cnn_deep(**kwargs):
     "SimpleCNN with three stages of two ConvBlocks (32, 64, 128 channels)."
-    return SimpleCNN(**{"depths": (2, 2, 2), **kwargs})
+    return _simple('simple_cnn_deep', kwargs)
 
 # %% ../../nbs/backbones/00_base.ipynb #a9f46d47
 class WeightsError(ValueError):

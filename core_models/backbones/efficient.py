@@ -8,38 +8,49 @@ Docs: https://core-models.github.io/core-models/backbones/efficient.html.md"""
 from __future__ import annotations
 import math, re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 import torch, torch.nn as nn
 from torchvision.ops import StochasticDepth
 from fastcore.basics import patch
 from ..config import config_field, check_shape
 from ..blocks.conv import ConvBlock, MBConv, FusedMBConv, SqueezeExcite, make_divisible
-from .base import FeatureInfo, BackboneConfig, Backbone, register_backbone
+from .base import FeatureInfo, BackboneConfig, Backbone, register_backbone, Variant, build_variant
 
 # %% auto #0
-__all__ = ['EfficientNetStage', 'EFFICIENTNET_B0_STAGES', 'EFFICIENTNET_V2_S_STAGES', 'EFFICIENTNET_V2_M_STAGES',
-           'EFFICIENTNET_V2_L_STAGES', 'EFFICIENTNET_VARIANTS', 'EFFICIENTNET_INPUTS', 'EfficientNetConfig',
+__all__ = ['StageRow', 'EFFICIENTNET_B0_STAGES', 'EFFICIENTNET_V2_S_STAGES', 'EFFICIENTNET_V2_M_STAGES',
+           'EFFICIENTNET_V2_L_STAGES', 'EFFICIENTNET_VARIANTS', 'EfficientNetStage', 'EfficientNetConfig',
            'EfficientNet', 'create_efficientnet', 'efficientnet_b0', 'efficientnet_b1', 'efficientnet_b2',
            'efficientnet_b3', 'efficientnet_b4', 'efficientnet_b5', 'efficientnet_b6', 'efficientnet_b7',
            'efficientnet_v2_s', 'efficientnet_v2_m', 'efficientnet_v2_l']
 
 # %% ../../nbs/backbones/03_efficient.ipynb #ef506ce0
-EfficientNetStage = tuple[Literal['mbconv', 'fused'], float, int, int, int, int, int]
+class EfficientNetStage(NamedTuple):
+    "One row of a stage table, in torchvision's order (its `MBConvConfig`)."
+    block: Literal['mbconv', 'fused']  # MBConv (depthwise 3x3/5x5 + SE) or FusedMBConv (one full conv)
+    expand_ratio: float  # hidden width / input width
+    kernel_size: int
+    stride: int  # of the stage's first block
+    in_chs: int
+    out_chs: int
+    num_blocks: int
+
+StageRow = tuple[Literal['mbconv', 'fused'], float, int, int, int, int, int]  # the same row as plain data (a config field, YAML)
+_S = EfficientNetStage
 
 EFFICIENTNET_B0_STAGES = (
-    ('mbconv', 1, 3, 1,  32,  16, 1),
-    ('mbconv', 6, 3, 2,  16,  24, 2),
-    ('mbconv', 6, 5, 2,  24,  40, 2),
-    ('mbconv', 6, 3, 2,  40,  80, 3),
-    ('mbconv', 6, 5, 1,  80, 112, 3),
-    ('mbconv', 6, 5, 2, 112, 192, 4),
-    ('mbconv', 6, 3, 1, 192, 320, 1),
+    _S('mbconv', 1, 3, 1,  32,  16, 1),
+    _S('mbconv', 6, 3, 2,  16,  24, 2),
+    _S('mbconv', 6, 5, 2,  24,  40, 2),
+    _S('mbconv', 6, 3, 2,  40,  80, 3),
+    _S('mbconv', 6, 5, 1,  80, 112, 3),
+    _S('mbconv', 6, 5, 2, 112, 192, 4),
+    _S('mbconv', 6, 3, 1, 192, 320, 1),
 )
 
 # %% ../../nbs/backbones/03_efficient.ipynb #509ea3e4
 @dataclass
 class EfficientNetConfig(BackboneConfig):
-    stages: tuple[EfficientNetStage, ...] = config_field(EFFICIENTNET_B0_STAGES, doc='rows (block, expand, kernel, stride, in, out, blocks), before scaling')
+    stages: tuple[StageRow, ...] = config_field(EFFICIENTNET_B0_STAGES, doc='rows (block, expand, kernel, stride, in, out, blocks), before scaling')
     width_mult: float = config_field(1.0, doc='channel multiplier of every row', gt=0)
     depth_mult: float = config_field(1.0, doc='block-count multiplier of every row', gt=0)
     last_channels: int | None = config_field(None, doc='width of the head conv; None: 4 x the last stage', ge=1)
@@ -49,16 +60,23 @@ class EfficientNetConfig(BackboneConfig):
     drop_rate: float = config_field(0.2, doc='dropout before the classifier', ge=0, lt=1)
     drop_path_rate: float = config_field(0.2, doc='stochastic depth: block i of N drops with drop_path_rate * i / N', ge=0, lt=1)
 
+    def rows(self) -> list[EfficientNetStage]:
+        "The stage table as named rows."
+        return [EfficientNetStage(*row) for row in self.stages]
+
     def check(self):
         if not self.stages: raise self.error('stages', 'at least one row')
-        for prev, row in zip(self.stages, self.stages[1:]):
-            if row[4] != prev[5]: raise self.error('stages', f"rows whose input channels are the previous row's output ({prev[5]})", row)
-        if any(row[3] not in (1, 2) for row in self.stages): raise self.error('stages', 'rows with stride 1 or 2')
+        rows = self.rows()
+        for prev, row in zip(rows, rows[1:]):
+            if row.in_chs != prev.out_chs:
+                raise self.error('stages', f"rows whose input channels are the previous row's output ({prev.out_chs})", tuple(row))
+        if any(row.stride not in (1, 2) for row in rows): raise self.error('stages', 'rows with stride 1 or 2')
 
     def scaled_stages(self) -> list[EfficientNetStage]:
         "The rows with `width_mult` and `depth_mult` applied (torchvision's rounding)."
         w = lambda c: make_divisible(c * self.width_mult, 8)
-        return [(kind, e, k, s, w(cin), w(cout), math.ceil(n * self.depth_mult)) for kind, e, k, s, cin, cout, n in self.stages]
+        return [r._replace(in_chs=w(r.in_chs), out_chs=w(r.out_chs), num_blocks=math.ceil(r.num_blocks * self.depth_mult))
+                for r in self.rows()]
 
 # %% ../../nbs/backbones/03_efficient.ipynb #5937e292
 class EfficientNet(Backbone):
@@ -71,21 +89,22 @@ class EfficientNet(Backbone):
         c = self.configure(config, **overrides)
         rows = c.scaled_stages()
         bn = dict(norm='batch', norm_eps=c.norm_eps)
-        self.stem = ConvBlock(in_channels=c.in_chans, out_channels=rows[0][4], stride=2, act='silu', **bn)
-        n_blocks, i, stride, stages, info = sum(r[-1] for r in rows), 0, 2, [], FeatureInfo()
-        for s, (kind, e, k, st, cin, cout, n) in enumerate(rows):
+        self.stem = ConvBlock(in_channels=c.in_chans, out_channels=rows[0].in_chs, stride=2, act='silu', **bn)
+        n_blocks, i, stride, stages, info = sum(r.num_blocks for r in rows), 0, 2, [], FeatureInfo()
+        for s, r in enumerate(rows):
             blocks = []
-            for j in range(n):
-                kw = dict(in_channels=cin if j == 0 else cout, out_channels=cout, kernel_size=k, stride=st if j == 0 else 1,
-                          expand_ratio=e, norm_eps=c.norm_eps, drop_path=c.drop_path_rate * i / n_blocks)
-                blocks.append(MBConv(se_ratio=c.se_ratio, act='silu', **kw) if kind == 'mbconv' else FusedMBConv(act='silu', **kw))
+            for j in range(r.num_blocks):
+                kw = dict(in_channels=r.in_chs if j == 0 else r.out_chs, out_channels=r.out_chs, kernel_size=r.kernel_size,
+                          stride=r.stride if j == 0 else 1, expand_ratio=r.expand_ratio, norm_eps=c.norm_eps,
+                          drop_path=c.drop_path_rate * i / n_blocks)
+                blocks.append(MBConv(se_ratio=c.se_ratio, act='silu', **kw) if r.block == 'mbconv' else FusedMBConv(act='silu', **kw))
                 i += 1
             stages.append(nn.Sequential(*blocks))
-            stride *= st
-            if s == len(rows) - 1 or rows[s + 1][3] == 2: info.append(dict(num_chs=cout, reduction=stride, module=f'stages.{s}'))
+            stride *= r.stride
+            if s == len(rows) - 1 or rows[s + 1].stride == 2: info.append(dict(num_chs=r.out_chs, reduction=stride, module=f'stages.{s}'))
         self.stages, self.feature_info = nn.Sequential(*stages), info
-        self.num_features = c.last_channels or 4 * rows[-1][5]
-        self.conv_head = ConvBlock(in_channels=rows[-1][5], out_channels=self.num_features, kernel_size=1, act='silu', **bn)
+        self.num_features = c.last_channels or 4 * rows[-1].out_chs
+        self.conv_head = ConvBlock(in_channels=rows[-1].out_chs, out_channels=self.num_features, kernel_size=1, act='silu', **bn)
         self.init_head()
         for m in self.modules():
             if isinstance(m, nn.BatchNorm2d): m.momentum = c.norm_momentum
@@ -111,17 +130,22 @@ class EfficientNet(Backbone):
         r = 1.0 / math.sqrt(m.out_features)
         nn.init.uniform_(m.weight, -r, r); nn.init.zeros_(m.bias)
 
-    def reset_classifier(self, num_classes:int):
-        super().reset_classifier(num_classes)
+    def reset_classifier(self, num_classes:int, global_pool:str|None=None):
+        "A fresh classifier with torchvision's uniform init for `num_classes` outputs (0: none)."
+        super().reset_classifier(num_classes, global_pool)
         if num_classes > 0: self._init_linear(self.get_classifier())
 
     def forward_stages(self, x):
         check_shape(x, ('B', self.config.in_chans, 'H', 'W'), where=type(self).__name__)
-        x, out, levels = self.stem(x), [], {f['module'] for f in self.feature_info}
+        x, out, levels = self.stem(x), [], {f['module'] for f in self.all_feature_info}
         for s, stage in enumerate(self.stages):
             x = self.run_blocks(stage, x)
             if f'stages.{s}' in levels: out.append(x)
         return out
+
+    def features_from_stages(self, maps, x):
+        "The head conv on the last level (the last stage's output)."
+        return self.conv_head(maps[-1])
 
     def forward_features(self, x):
         "The head conv's map (`num_features` channels, stride 32), before pooling."
@@ -130,98 +154,94 @@ class EfficientNet(Backbone):
 
 # %% ../../nbs/backbones/03_efficient.ipynb #ca7b8be4
 EFFICIENTNET_V2_S_STAGES = (
-    ('fused',  1, 3, 1,  24,  24,  2),
-    ('fused',  4, 3, 2,  24,  48,  4),
-    ('fused',  4, 3, 2,  48,  64,  4),
-    ('mbconv', 4, 3, 2,  64, 128,  6),
-    ('mbconv', 6, 3, 1, 128, 160,  9),
-    ('mbconv', 6, 3, 2, 160, 256, 15),
+    _S('fused',  1, 3, 1,  24,  24,  2),
+    _S('fused',  4, 3, 2,  24,  48,  4),
+    _S('fused',  4, 3, 2,  48,  64,  4),
+    _S('mbconv', 4, 3, 2,  64, 128,  6),
+    _S('mbconv', 6, 3, 1, 128, 160,  9),
+    _S('mbconv', 6, 3, 2, 160, 256, 15),
 )
 EFFICIENTNET_V2_M_STAGES = (
-    ('fused',  1, 3, 1,  24,  24,  3),
-    ('fused',  4, 3, 2,  24,  48,  5),
-    ('fused',  4, 3, 2,  48,  80,  5),
-    ('mbconv', 4, 3, 2,  80, 160,  7),
-    ('mbconv', 6, 3, 1, 160, 176, 14),
-    ('mbconv', 6, 3, 2, 176, 304, 18),
-    ('mbconv', 6, 3, 1, 304, 512,  5),
+    _S('fused',  1, 3, 1,  24,  24,  3),
+    _S('fused',  4, 3, 2,  24,  48,  5),
+    _S('fused',  4, 3, 2,  48,  80,  5),
+    _S('mbconv', 4, 3, 2,  80, 160,  7),
+    _S('mbconv', 6, 3, 1, 160, 176, 14),
+    _S('mbconv', 6, 3, 2, 176, 304, 18),
+    _S('mbconv', 6, 3, 1, 304, 512,  5),
 )
 EFFICIENTNET_V2_L_STAGES = (
-    ('fused',  1, 3, 1,  32,  32,  4),
-    ('fused',  4, 3, 2,  32,  64,  7),
-    ('fused',  4, 3, 2,  64,  96,  7),
-    ('mbconv', 4, 3, 2,  96, 192, 10),
-    ('mbconv', 6, 3, 1, 192, 224, 19),
-    ('mbconv', 6, 3, 2, 224, 384, 25),
-    ('mbconv', 6, 3, 1, 384, 640,  7),
+    _S('fused',  1, 3, 1,  32,  32,  4),
+    _S('fused',  4, 3, 2,  32,  64,  7),
+    _S('fused',  4, 3, 2,  64,  96,  7),
+    _S('mbconv', 4, 3, 2,  96, 192, 10),
+    _S('mbconv', 6, 3, 1, 192, 224, 19),
+    _S('mbconv', 6, 3, 2, 224, 384, 25),
+    _S('mbconv', 6, 3, 1, 384, 640,  7),
 )
 
 _B5_BN = dict(norm_eps=1e-3, norm_momentum=0.01)
 _V2 = dict(norm_eps=1e-3, last_channels=1280)
 
-EFFICIENTNET_VARIANTS: dict[str, dict] = {
-    'efficientnet_b0': dict(width_mult=1.0, depth_mult=1.0, drop_rate=0.2),
-    'efficientnet_b1': dict(width_mult=1.0, depth_mult=1.1, drop_rate=0.2),
-    'efficientnet_b2': dict(width_mult=1.1, depth_mult=1.2, drop_rate=0.3),
-    'efficientnet_b3': dict(width_mult=1.2, depth_mult=1.4, drop_rate=0.3),
-    'efficientnet_b4': dict(width_mult=1.4, depth_mult=1.8, drop_rate=0.4),
-    'efficientnet_b5': dict(width_mult=1.6, depth_mult=2.2, drop_rate=0.4, **_B5_BN),
-    'efficientnet_b6': dict(width_mult=1.8, depth_mult=2.6, drop_rate=0.5, **_B5_BN),
-    'efficientnet_b7': dict(width_mult=2.0, depth_mult=3.1, drop_rate=0.5, **_B5_BN),
-    'efficientnet_v2_s': dict(stages=EFFICIENTNET_V2_S_STAGES, drop_rate=0.2, **_V2),
-    'efficientnet_v2_m': dict(stages=EFFICIENTNET_V2_M_STAGES, drop_rate=0.3, **_V2),
-    'efficientnet_v2_l': dict(stages=EFFICIENTNET_V2_L_STAGES, drop_rate=0.4, **_V2),
+def _input(size:int, resize:int, interpolation:str='bicubic', **kw) -> dict:
+    "torchvision's evaluation transform of the weights: resize to `resize`, center-crop `size`."
+    return dict(input_size=(3, size, size), crop_pct=size / resize, interpolation=interpolation, **kw)
+
+EFFICIENTNET_VARIANTS: dict[str, Variant] = {
+    'efficientnet_b0': Variant(dict(width_mult=1.0, depth_mult=1.0, drop_rate=0.2), **_input(224, 256), num_params=5_288_548),
+    'efficientnet_b1': Variant(dict(width_mult=1.0, depth_mult=1.1, drop_rate=0.2), **_input(240, 255, 'bilinear'), num_params=7_794_184),
+    'efficientnet_b2': Variant(dict(width_mult=1.1, depth_mult=1.2, drop_rate=0.3), **_input(288, 288), num_params=9_109_994),
+    'efficientnet_b3': Variant(dict(width_mult=1.2, depth_mult=1.4, drop_rate=0.3), **_input(300, 320), num_params=12_233_232),
+    'efficientnet_b4': Variant(dict(width_mult=1.4, depth_mult=1.8, drop_rate=0.4), **_input(380, 384), num_params=19_341_616),
+    'efficientnet_b5': Variant(dict(width_mult=1.6, depth_mult=2.2, drop_rate=0.4, **_B5_BN), **_input(456, 456), num_params=30_389_784),
+    'efficientnet_b6': Variant(dict(width_mult=1.8, depth_mult=2.6, drop_rate=0.5, **_B5_BN), **_input(528, 528), num_params=43_040_704),
+    'efficientnet_b7': Variant(dict(width_mult=2.0, depth_mult=3.1, drop_rate=0.5, **_B5_BN), **_input(600, 600), num_params=66_347_960),
+    'efficientnet_v2_s': Variant(dict(stages=EFFICIENTNET_V2_S_STAGES, drop_rate=0.2, **_V2), **_input(384, 384, 'bilinear'), num_params=21_458_488),
+    'efficientnet_v2_m': Variant(dict(stages=EFFICIENTNET_V2_M_STAGES, drop_rate=0.3, **_V2), **_input(480, 480, 'bilinear'), num_params=54_139_356),
+    'efficientnet_v2_l': Variant(dict(stages=EFFICIENTNET_V2_L_STAGES, drop_rate=0.4, **_V2),
+                                 **_input(480, 480, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)), num_params=118_515_272),
 }
+for _n, _v in EFFICIENTNET_VARIANTS.items(): _v.torchvision = _n  # every variant has its torchvision twin
 
 # %% ../../nbs/backbones/03_efficient.ipynb #8a40e514
-EFFICIENTNET_INPUTS: dict[str, dict] = {
-    'efficientnet_b0': dict(input_size=(3, 224, 224)), 'efficientnet_b1': dict(input_size=(3, 240, 240), interpolation='bilinear'),
-    'efficientnet_b2': dict(input_size=(3, 288, 288)), 'efficientnet_b3': dict(input_size=(3, 300, 300)),
-    'efficientnet_b4': dict(input_size=(3, 380, 380)), 'efficientnet_b5': dict(input_size=(3, 456, 456)),
-    'efficientnet_b6': dict(input_size=(3, 528, 528)), 'efficientnet_b7': dict(input_size=(3, 600, 600)),
-    'efficientnet_v2_s': dict(input_size=(3, 384, 384), interpolation='bilinear'),
-    'efficientnet_v2_m': dict(input_size=(3, 480, 480), interpolation='bilinear'),
-    'efficientnet_v2_l': dict(input_size=(3, 480, 480), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
-}
-
 def create_efficientnet(variant:str, **overrides) -> EfficientNet:
     "The EfficientNet `variant` (a key of `EFFICIENTNET_VARIANTS`), with keyword `overrides` of its config."
-    model = EfficientNet(EFFICIENTNET_VARIANTS[variant], **overrides)
-    model.default_cfg = {**EfficientNet.default_cfg, **EFFICIENTNET_INPUTS[variant]}
-    return model
+    return build_variant(EfficientNet, EFFICIENTNET_VARIANTS[variant], overrides)
 
 # %% ../../nbs/backbones/03_efficient.ipynb #95ebdfd3
-@register_backbone(torchvision='efficientnet_b0', aliases=('efficient_net', 'efficientnet'))
+def _register(name:str, **kw): return register_backbone(family='efficient', cls=EfficientNet, variant=EFFICIENTNET_VARIANTS[name], **kw)
+
+@_register('efficientnet_b0', aliases=('efficient_net', 'efficientnet'))
 def efficientnet_b0(**kwargs): "EfficientNet-B0 (5.3M parameters at 1000 classes)."; return create_efficientnet('efficientnet_b0', **kwargs)
 
-@register_backbone(torchvision='efficientnet_b1')
+@_register('efficientnet_b1')
 def efficientnet_b1(**kwargs): "EfficientNet-B1: B0 with 1.1 x the blocks."; return create_efficientnet('efficientnet_b1', **kwargs)
 
-@register_backbone(torchvision='efficientnet_b2')
+@_register('efficientnet_b2')
 def efficientnet_b2(**kwargs): "EfficientNet-B2: width 1.1, depth 1.2."; return create_efficientnet('efficientnet_b2', **kwargs)
 
-@register_backbone(torchvision='efficientnet_b3')
+@_register('efficientnet_b3')
 def efficientnet_b3(**kwargs): "EfficientNet-B3: width 1.2, depth 1.4."; return create_efficientnet('efficientnet_b3', **kwargs)
 
-@register_backbone(torchvision='efficientnet_b4')
+@_register('efficientnet_b4')
 def efficientnet_b4(**kwargs): "EfficientNet-B4: width 1.4, depth 1.8."; return create_efficientnet('efficientnet_b4', **kwargs)
 
-@register_backbone(torchvision='efficientnet_b5')
+@_register('efficientnet_b5')
 def efficientnet_b5(**kwargs): "EfficientNet-B5: width 1.6, depth 2.2, BatchNorm eps 1e-3."; return create_efficientnet('efficientnet_b5', **kwargs)
 
-@register_backbone(torchvision='efficientnet_b6')
+@_register('efficientnet_b6')
 def efficientnet_b6(**kwargs): "EfficientNet-B6: width 1.8, depth 2.6, BatchNorm eps 1e-3."; return create_efficientnet('efficientnet_b6', **kwargs)
 
-@register_backbone(torchvision='efficientnet_b7')
+@_register('efficientnet_b7')
 def efficientnet_b7(**kwargs): "EfficientNet-B7: width 2.0, depth 3.1, BatchNorm eps 1e-3."; return create_efficientnet('efficientnet_b7', **kwargs)
 
-@register_backbone(torchvision='efficientnet_v2_s')
+@_register('efficientnet_v2_s')
 def efficientnet_v2_s(**kwargs): "EfficientNetV2-S (21.5M parameters at 1000 classes)."; return create_efficientnet('efficientnet_v2_s', **kwargs)
 
-@register_backbone(torchvision='efficientnet_v2_m')
+@_register('efficientnet_v2_m')
 def efficientnet_v2_m(**kwargs): "EfficientNetV2-M."; return create_efficientnet('efficientnet_v2_m', **kwargs)
 
-@register_backbone(torchvision='efficientnet_v2_l')
+@_register('efficientnet_v2_l')
 def efficientnet_v2_l(**kwargs): "EfficientNetV2-L."; return create_efficientnet('efficientnet_v2_l', **kwargs)
 
 # %% ../../nbs/backbones/03_efficient.ipynb #d55453a4

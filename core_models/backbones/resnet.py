@@ -13,11 +13,12 @@ import torch, torch.nn as nn
 from ..config import config_field, check_shape
 from ..blocks.conv import ConvBlock
 from ..blocks.residual import BasicBlock, Bottleneck, torchvision_resnet_block_keys
-from .base import Backbone, BackboneConfig, FeatureInfo, register_backbone
+from .base import Backbone, BackboneConfig, FeatureInfo, Variant, build_variant, register_backbone
 
 # %% auto #0
-__all__ = ['ResNetConfig', 'ResNet', 'torchvision_resnet_keys', 'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',
-           'resnext50_32x4d', 'resnext101_32x8d', 'resnext101_64x4d', 'wide_resnet50_2', 'wide_resnet101_2']
+__all__ = ['RESNET_VARIANTS', 'ResNetConfig', 'ResNet', 'torchvision_resnet_keys', 'resnet18', 'resnet34', 'resnet50',
+           'resnet101', 'resnet152', 'resnext50_32x4d', 'resnext101_32x8d', 'resnext101_64x4d', 'wide_resnet50_2',
+           'wide_resnet101_2']
 
 # %% ../../nbs/backbones/01_resnet.ipynb #bc9bdcf6
 @dataclass
@@ -42,38 +43,42 @@ class ResNet(Backbone):
     "torchvision's ResNet (v1.5), ResNeXt and Wide ResNet: stem, four stages of residual blocks, average pool, `fc`."
     Config = ResNetConfig
     default_cfg = {**Backbone.default_cfg, 'first_conv': 'stem.conv', 'classifier': 'fc'}
+    group_regex = (r'^stem', r'^layer(\d+)\.(\d+)', r'^layer(\d+)')
 
     def __init__(self, config=None, **overrides):
         super().__init__()
         c = self.configure(config, **overrides)
-        Block = BasicBlock if c.block == 'basic' else Bottleneck
+        self.block = BasicBlock if c.block == 'basic' else Bottleneck
         self.stem = ConvBlock(in_channels=c.in_chans, out_channels=c.stem_width, kernel_size=7, stride=2, padding=3)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        n, k = sum(c.layers), 0
+        rates = [c.drop_path_rate * k / max(sum(c.layers) - 1, 1) for k in range(sum(c.layers))]
         chs, stride, dilation, info = c.stem_width, 4, 1, FeatureInfo()
         dilate = (False, *c.replace_stride_with_dilation) if len(c.layers) == 4 else (False,) * len(c.layers)
         for i, (depth, width) in enumerate(zip(c.layers, c.widths)):
             s, first_dilation = (1 if i == 0 else 2), dilation
             if dilate[i]: dilation, s = dilation * s, 1
-            blocks = []
-            for j in range(depth):
-                blocks.append(Block(in_channels=chs, out_channels=width * Block.expansion, stride=s if j == 0 else 1,
-                                    groups=c.groups, base_width=c.width_per_group,
-                                    dilation=first_dilation if j == 0 else dilation,
-                                    drop_path=c.drop_path_rate * k / max(n - 1, 1), zero_init_last=c.zero_init_residual))
-                chs, k = width * Block.expansion, k + 1
-            stride *= s
-            self.add_module(f'layer{i+1}', nn.Sequential(*blocks))
+            stage = self.make_stage(chs, width, depth, s, first_dilation, dilation, rates[:depth])
+            rates, chs, stride = rates[depth:], width * self.block.expansion, stride * s
+            self.add_module(f'layer{i+1}', stage)
             info.append(dict(num_chs=chs, reduction=stride, module=f'layer{i+1}'))
         self.feature_info, self.num_features = info, chs
         self.init_head()
         for m in self.modules():
             if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
 
+    def make_stage(self, in_chs:int, width:int, depth:int, stride:int, first_dilation:int, dilation:int, drop_paths) -> nn.Sequential:
+        "`depth` blocks of `width` (before expansion): the first strides (or dilates) and changes channels, the rest keep them."
+        c = self.config
+        return nn.Sequential(*[
+            self.block(in_channels=in_chs if j == 0 else width * self.block.expansion, out_channels=width * self.block.expansion,
+                       stride=stride if j == 0 else 1, groups=c.groups, base_width=c.width_per_group,
+                       dilation=first_dilation if j == 0 else dilation, drop_path=drop_paths[j], zero_init_last=c.zero_init_residual)
+            for j in range(depth)])
+
     @property
     def stages(self) -> list[nn.Sequential]:
         "The stages `layer1`, `layer2`, ..., in order."
-        return [self.get_submodule(f['module']) for f in self.feature_info]
+        return [self.get_submodule(f['module']) for f in self.all_feature_info]
 
     def forward_stages(self, x):
         check_shape(x, ('B', self.config.in_chans, 'H', 'W'), where=type(self).__name__)
@@ -82,9 +87,9 @@ class ResNet(Backbone):
             x = self.run_blocks(stage, x); out.append(x)
         return out
 
-    def convert_state_dict(self, state_dict:dict) -> dict:
-        "torchvision's ResNet keys mapped to ours (see `torchvision_resnet_keys`); our own keys pass unchanged."
-        return {torchvision_resnet_keys(k): v for k, v in state_dict.items()}
+    def torchvision_key(self, key:str) -> str:
+        "Our name for torchvision's ResNet `key` (see `torchvision_resnet_keys`); our own keys pass unchanged."
+        return torchvision_resnet_keys(key)
 
 # %% ../../nbs/backbones/01_resnet.ipynb #3bdceff2
 _TV_RESNET_STEM_KEYS = [(r'^conv1\.weight$', 'stem.conv.weight'), (r'^bn1\.', 'stem.norm.')]
@@ -96,55 +101,76 @@ def torchvision_resnet_keys(key:str) -> str:
     return torchvision_resnet_block_keys(key)
 
 # %% ../../nbs/backbones/01_resnet.ipynb #976dda67
-def _resnet(block, layers, kwargs, **variant) -> ResNet:
-    return ResNet(dict(block=block, layers=layers, **variant), **kwargs)
+_V1 = dict(crop_pct=0.875)  # torchvision's IMAGENET1K_V1 weights: resize 256, crop 224
+_V2 = dict(crop_pct=224 / 232)  # IMAGENET1K_V2: resize 232, crop 224
 
-@register_backbone(torchvision='resnet18')
+RESNET_VARIANTS: dict[str, Variant] = {
+    'resnet18': Variant(dict(block='basic', layers=(2, 2, 2, 2)), torchvision='resnet18', num_params=11_689_512, **_V1),
+    'resnet34': Variant(dict(block='basic', layers=(3, 4, 6, 3)), torchvision='resnet34', num_params=21_797_672, **_V1),
+    'resnet50': Variant(dict(block='bottleneck', layers=(3, 4, 6, 3)), torchvision='resnet50', num_params=25_557_032, **_V2),
+    'resnet101': Variant(dict(block='bottleneck', layers=(3, 4, 23, 3)), torchvision='resnet101', num_params=44_549_160, **_V2),
+    'resnet152': Variant(dict(block='bottleneck', layers=(3, 8, 36, 3)), torchvision='resnet152', num_params=60_192_808, **_V2),
+    'resnext50_32x4d': Variant(dict(block='bottleneck', layers=(3, 4, 6, 3), groups=32, width_per_group=4),
+                               torchvision='resnext50_32x4d', num_params=25_028_904, **_V2),
+    'resnext101_32x8d': Variant(dict(block='bottleneck', layers=(3, 4, 23, 3), groups=32, width_per_group=8),
+                                torchvision='resnext101_32x8d', num_params=88_791_336, **_V2),
+    'resnext101_64x4d': Variant(dict(block='bottleneck', layers=(3, 4, 23, 3), groups=64, width_per_group=4),
+                                torchvision='resnext101_64x4d', num_params=83_455_272, **_V2),
+    'wide_resnet50_2': Variant(dict(block='bottleneck', layers=(3, 4, 6, 3), width_per_group=128),
+                               torchvision='wide_resnet50_2', num_params=68_883_240, **_V2),
+    'wide_resnet101_2': Variant(dict(block='bottleneck', layers=(3, 4, 23, 3), width_per_group=128),
+                                torchvision='wide_resnet101_2', num_params=126_886_696, **_V2),
+}
+
+def _resnet(name:str, kwargs:dict) -> ResNet: return build_variant(ResNet, RESNET_VARIANTS[name], kwargs)
+def _register(name:str, **kw): return register_backbone(family='resnet', cls=ResNet, variant=RESNET_VARIANTS[name], **kw)
+
+@_register('resnet18')
 def resnet18(**kwargs):
     "ResNet-18: BasicBlocks (2, 2, 2, 2)."
-    return _resnet('basic', (2, 2, 2, 2), kwargs)
+    return _resnet('resnet18', kwargs)
 
-@register_backbone(torchvision='resnet34')
+@_register('resnet34')
 def resnet34(**kwargs):
     "ResNet-34: BasicBlocks (3, 4, 6, 3)."
-    return _resnet('basic', (3, 4, 6, 3), kwargs)
+    return _resnet('resnet34', kwargs)
 
-@register_backbone(torchvision='resnet50', aliases=('resnet',))
+@_register('resnet50', aliases=('resnet',))
 def resnet50(**kwargs):
     "ResNet-50: Bottlenecks (3, 4, 6, 3)."
-    return _resnet('bottleneck', (3, 4, 6, 3), kwargs)
+    return _resnet('resnet50', kwargs)
 
-@register_backbone(torchvision='resnet101')
+@_register('resnet101')
 def resnet101(**kwargs):
     "ResNet-101: Bottlenecks (3, 4, 23, 3)."
-    return _resnet('bottleneck', (3, 4, 23, 3), kwargs)
+    return _resnet('resnet101', kwargs)
 
-@register_backbone(torchvision='resnet152')
+@_register('resnet152')
 def resnet152(**kwargs):
     "ResNet-152: Bottlenecks (3, 8, 36, 3)."
-    return _resnet('bottleneck', (3, 8, 36, 3), kwargs)
+    return _resnet('resnet152', kwargs)
 
-@register_backbone(torchvision='resnext50_32x4d')
+@_register('resnext50_32x4d')
 def resnext50_32x4d(**kwargs):
     "ResNeXt-50 32x4d: Bottlenecks (3, 4, 6, 3) with 32 groups of width 4."
-    return _resnet('bottleneck', (3, 4, 6, 3), kwargs, groups=32, width_per_group=4)
+    return _resnet('resnext50_32x4d', kwargs)
 
-@register_backbone(torchvision='resnext101_32x8d')
+@_register('resnext101_32x8d')
 def resnext101_32x8d(**kwargs):
     "ResNeXt-101 32x8d: Bottlenecks (3, 4, 23, 3) with 32 groups of width 8."
-    return _resnet('bottleneck', (3, 4, 23, 3), kwargs, groups=32, width_per_group=8)
+    return _resnet('resnext101_32x8d', kwargs)
 
-@register_backbone(torchvision='resnext101_64x4d')
+@_register('resnext101_64x4d')
 def resnext101_64x4d(**kwargs):
     "ResNeXt-101 64x4d: Bottlenecks (3, 4, 23, 3) with 64 groups of width 4."
-    return _resnet('bottleneck', (3, 4, 23, 3), kwargs, groups=64, width_per_group=4)
+    return _resnet('resnext101_64x4d', kwargs)
 
-@register_backbone(torchvision='wide_resnet50_2')
+@_register('wide_resnet50_2')
 def wide_resnet50_2(**kwargs):
     "Wide ResNet-50-2: Bottlenecks (3, 4, 6, 3) with a twice as wide inner 3x3 conv."
-    return _resnet('bottleneck', (3, 4, 6, 3), kwargs, width_per_group=128)
+    return _resnet('wide_resnet50_2', kwargs)
 
-@register_backbone(torchvision='wide_resnet101_2')
+@_register('wide_resnet101_2')
 def wide_resnet101_2(**kwargs):
     "Wide ResNet-101-2: Bottlenecks (3, 4, 23, 3) with a twice as wide inner 3x3 conv."
-    return _resnet('bottleneck', (3, 4, 23, 3), kwargs, width_per_group=128)
+    return _resnet('wide_resnet101_2', kwargs)

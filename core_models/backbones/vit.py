@@ -14,12 +14,12 @@ from fastcore.basics import patch
 from ..config import config_field, check_shape, ShapeError
 from ..blocks.attention import (PatchEmbed, LearnedPositionEmbedding, AttentionBlock,
                                           resample_position_embedding, torchvision_encoder_block_keys)
-from .base import Backbone, BackboneConfig, FeatureInfo, register_backbone, create_backbone, list_backbones
+from .base import Backbone, BackboneConfig, FeatureInfo, register_backbone, create_backbone, list_backbones, Variant, build_variant
 
 # %% auto #0
 __all__ = ['PYRAMID_STRIDES', 'VIT_VARIANTS', 'TORCHVISION_VIT_KEYS', 'ViTConfig', 'vit_feature_blocks', 'resample_to_stride',
            'VisionTransformer', 'vit_tiny_16', 'vit_small_16', 'vit_b_16', 'vit_b_32', 'vit_l_16', 'vit_l_32',
-           'vit_h_14', 'vit_key_from_torchvision']
+           'vit_h_14', 'vit_key_from_torchvision', 'source_grid']
 
 # %% ../../nbs/backbones/02_vit.ipynb #4e2bbe04
 def _pair(v) -> tuple[int, int]: return (v, v) if isinstance(v, int) else tuple(v)
@@ -69,6 +69,8 @@ class VisionTransformer(Backbone):
     Config = ViTConfig
     default_cfg = {**Backbone.default_cfg, 'first_conv': 'patch_embed.proj', 'classifier': 'head'}
     num_prefix_tokens = 1
+    global_pools = ('token', 'avg')
+    group_regex = (r'^(cls_token|pos_embed|patch_embed)', r'^blocks\.(\d+)', r'^blocks\.(\d+)')
 
     def __init__(self, config=None, **overrides):
         super().__init__()
@@ -92,21 +94,35 @@ class VisionTransformer(Backbone):
         self.default_cfg = {**self.default_cfg, 'input_size': (c.in_chans, *_pair(c.img_size))}
         self.init_head()
 
-    def reset_classifier(self, num_classes:int):
-        "A fresh, zero-initialised classifier for `num_classes` outputs (0: none), as torchvision's `heads.head`."
-        super().reset_classifier(num_classes)
+    def reset_classifier(self, num_classes:int, global_pool:str|None=None):
+        "A fresh, zero-initialised classifier for `num_classes` outputs (0: none), as torchvision's `heads.head`; `global_pool`: 'token' or 'avg'."
+        super().reset_classifier(num_classes, global_pool)
         if isinstance(self.head, nn.Linear): nn.init.zeros_(self.head.weight); nn.init.zeros_(self.head.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        "The class token and the position embedding take no weight decay (timm's and the ViT paper's recipe)."
+        return {'cls_token', 'pos_embed.pos_embed'}
+
+    def features_from_stages(self, maps, x):
+        "The normalised tokens: the stages stop before the final norm and hold maps, so the trunk runs again."
+        return self.forward_features(x)
+
+    def torchvision_key(self, key:str) -> str:
+        "Our name for torchvision's ViT `key` (see `vit_key_from_torchvision`); our own keys pass unchanged."
+        return vit_key_from_torchvision(key)
 
 # %% ../../nbs/backbones/02_vit.ipynb #a23f3ddb
 @patch
 def embed(self:VisionTransformer, x:torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
     "Images `(B, in_chans, H, W)` -> tokens `(B, 1 + N, C)` with class token and positions, and the patch grid."
     name, c, p = type(self).__name__, self.config, self.patch_size
-    check_shape(x, ('B', c.in_chans, 'H', 'W'), where=name)
-    if x.shape[-2] % p or x.shape[-1] % p:
-        raise ShapeError(f'{name}: expected input of shape (B, {c.in_chans}, H, W) with H and W multiples of '
-                         f'patch_size={p}, got {tuple(x.shape)}')
-    grid = (x.shape[-2] // p, x.shape[-1] // p)
+    if isinstance(x, torch.fx.Proxy): grid = self.grid_size  # fx traces without shapes: the graph is for img_size
+    else:
+        check_shape(x, ('B', c.in_chans, 'H', 'W'), where=name)
+        if x.shape[-2] % p or x.shape[-1] % p:
+            raise ShapeError(f'{name}: expected input of shape (B, {c.in_chans}, H, W) with H and W multiples of '
+                             f'patch_size={p}, got {tuple(x.shape)}')
+        grid = (x.shape[-2] // p, x.shape[-1] // p)
     x = self.patch_embed(x)
     x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
     return self.pos_drop(self.pos_embed(x, grid_size=grid)), grid
@@ -135,54 +151,62 @@ def forward_stages(self:VisionTransformer, x:torch.Tensor) -> list[torch.Tensor]
         if i in wanted: maps.append(x[:, self.num_prefix_tokens:].transpose(1, 2).reshape(x.shape[0], -1, gh, gw))
     maps = [maps[sorted(wanted).index(b)] for b in self.feature_blocks]
     if self.config.feature_pyramid:
-        maps = [resample_to_stride(m, self.patch_size, s) for m, s in zip(maps, self.feature_info.reduction())]
+        maps = [resample_to_stride(m, self.patch_size, s) for m, s in zip(maps, self.all_feature_info.reduction())]
     return maps
 
 # %% ../../nbs/backbones/02_vit.ipynb #51b81c91
-VIT_VARIANTS = dict(
-    vit_tiny_16=dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, mlp_dim=768),
-    vit_small_16=dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, mlp_dim=1536),
-    vit_b_16=dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_dim=3072),
-    vit_b_32=dict(patch_size=32, embed_dim=768, depth=12, num_heads=12, mlp_dim=3072),
-    vit_l_16=dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16, mlp_dim=4096),
-    vit_l_32=dict(patch_size=32, embed_dim=1024, depth=24, num_heads=16, mlp_dim=4096),
-    vit_h_14=dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16, mlp_dim=5120),
-)
+_DEIT = dict(interpolation='bicubic', crop_pct=0.875)  # the DeiT recipe; no torchvision weights
 
-def _vit(variant:str, kwargs:dict) -> VisionTransformer:
-    return VisionTransformer(**{**VIT_VARIANTS[variant], **kwargs})
+VIT_VARIANTS: dict[str, Variant] = {
+    'vit_tiny_16': Variant(dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, mlp_dim=768), num_params=5_717_416, **_DEIT),
+    'vit_small_16': Variant(dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, mlp_dim=1536), num_params=22_050_664, **_DEIT),
+    'vit_b_16': Variant(dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_dim=3072),
+                        torchvision='vit_b_16', num_params=86_567_656, crop_pct=224 / 256),
+    'vit_b_32': Variant(dict(patch_size=32, embed_dim=768, depth=12, num_heads=12, mlp_dim=3072),
+                        torchvision='vit_b_32', num_params=88_224_232, crop_pct=224 / 256),
+    'vit_l_16': Variant(dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16, mlp_dim=4096),
+                        torchvision='vit_l_16', num_params=304_326_632, crop_pct=224 / 242),
+    'vit_l_32': Variant(dict(patch_size=32, embed_dim=1024, depth=24, num_heads=16, mlp_dim=4096),
+                        torchvision='vit_l_32', num_params=306_535_400, crop_pct=224 / 256),
+    # torchvision's default vit_h_14 weights (SWAG, end to end) are for 518 px; at 224 px its SWAG linear-probe recipe
+    'vit_h_14': Variant(dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16, mlp_dim=5120),
+                        torchvision='vit_h_14', num_params=632_045_800, interpolation='bicubic', crop_pct=1.0),
+}
 
-@register_backbone
+def _vit(name:str, kwargs:dict) -> VisionTransformer: return build_variant(VisionTransformer, VIT_VARIANTS[name], kwargs)
+def _register(name:str, **kw): return register_backbone(family='vit', cls=VisionTransformer, variant=VIT_VARIANTS[name], **kw)
+
+@_register('vit_tiny_16')
 def vit_tiny_16(**kwargs):
     "ViT-Ti/16 (DeiT-Tiny's shape): 192 wide, 12 blocks, 3 heads. No torchvision twin."
     return _vit('vit_tiny_16', kwargs)
 
-@register_backbone
+@_register('vit_small_16')
 def vit_small_16(**kwargs):
     "ViT-S/16 (DeiT-Small's shape): 384 wide, 12 blocks, 6 heads. No torchvision twin."
     return _vit('vit_small_16', kwargs)
 
-@register_backbone(aliases=('vit',), torchvision='vit_b_16')
+@_register('vit_b_16', aliases=('vit',))
 def vit_b_16(**kwargs):
     "ViT-B/16: 768 wide, 12 blocks, 12 heads, patches of 16."
     return _vit('vit_b_16', kwargs)
 
-@register_backbone(torchvision='vit_b_32')
+@_register('vit_b_32')
 def vit_b_32(**kwargs):
     "ViT-B/32: 768 wide, 12 blocks, 12 heads, patches of 32."
     return _vit('vit_b_32', kwargs)
 
-@register_backbone(torchvision='vit_l_16')
+@_register('vit_l_16')
 def vit_l_16(**kwargs):
     "ViT-L/16: 1024 wide, 24 blocks, 16 heads, patches of 16."
     return _vit('vit_l_16', kwargs)
 
-@register_backbone(torchvision='vit_l_32')
+@_register('vit_l_32')
 def vit_l_32(**kwargs):
     "ViT-L/32: 1024 wide, 24 blocks, 16 heads, patches of 32."
     return _vit('vit_l_32', kwargs)
 
-@register_backbone(torchvision='vit_h_14')
+@_register('vit_h_14')
 def vit_h_14(**kwargs):
     "ViT-H/14: 1280 wide, 32 blocks, 16 heads, patches of 14."
     return _vit('vit_h_14', kwargs)
@@ -203,14 +227,35 @@ def vit_key_from_torchvision(key:str) -> str:
         if key.startswith(old): return torchvision_encoder_block_keys(new + key[len(old):])
     return key
 
+def source_grid(num_tokens:int, like:tuple[int, int]) -> tuple[int, int]:
+    "The patch grid of a position embedding with `num_tokens` grid tokens: square if it can be, else the factorisation whose shape is closest to the grid `like`."
+    side = math.isqrt(num_tokens)
+    if side * side == num_tokens: return (side, side)
+    pairs = [(a, num_tokens // a) for a in range(1, num_tokens + 1) if num_tokens % a == 0]
+    return min(pairs, key=lambda g: abs(math.log(g[0] / g[1]) - math.log(like[0] / like[1])))
+
 @patch
 def convert_state_dict(self:VisionTransformer, state_dict:dict) -> dict:
     "torchvision's (or our own) ViT `state_dict` in our keys, the position embedding resampled to this model's grid."
-    sd = {vit_key_from_torchvision(k): v for k, v in state_dict.items()}
+    sd = {self.torchvision_key(k): v for k, v in state_dict.items()}
     pos, own = sd.get('pos_embed.pos_embed'), self.pos_embed.pos_embed
     if pos is not None and pos.shape[1] != own.shape[1]:
-        sd['pos_embed.pos_embed'] = resample_position_embedding(pos, self.grid_size, self.num_prefix_tokens)
+        old = source_grid(pos.shape[1] - self.num_prefix_tokens, self.grid_size)
+        sd['pos_embed.pos_embed'] = resample_position_embedding(pos, self.grid_size, self.num_prefix_tokens, old_grid=old)
     return sd
+
+@patch
+def set_input_size(self:VisionTransformer, img_size:int|tuple[int, int]):
+    "timm's call: make the model one for `img_size` images, its position embedding resampled from the current grid (square or not)."
+    new = self.patch_embed.grid_size(*_pair(img_size))  # ShapeError unless the patches tile it
+    pe = self.pos_embed
+    with torch.no_grad(): w = resample_position_embedding(pe.pos_embed, new, self.num_prefix_tokens, old_grid=self.grid_size)
+    pe.pos_embed = nn.Parameter(w.contiguous(), requires_grad=pe.pos_embed.requires_grad)
+    pe.grid, self.grid_size = new, new
+    for cfg in (self.config, self.patch_embed.config): object.__setattr__(cfg, 'img_size', img_size)
+    object.__setattr__(pe.config, 'grid_size', new)
+    self.default_cfg = {**self.default_cfg, 'input_size': (self.config.in_chans, *_pair(img_size))}
+    return self
 
 # %% ../../nbs/backbones/02_vit.ipynb #3bc479ec
 @patch
