@@ -123,17 +123,18 @@ def plot_losses(live:str|Path):
 def evaluate(params:dict, model_dir:str|Path='models/digits-cnn', out:str|Path='eval', live:str|Path|None='dvclive/train',
              root:str|Path='.') -> dict:
     "Test-set metrics of the checkpoint `model_dir`, written with the confusion matrix and loss curves under `out`."
-    from core_models.training import Trainer
+    from core_models.training import evaluate as evaluate_model
+    from core_models.metrics import ClassificationMetrics
     root, out = Path(root), Path(root)/out
     e = dict(params.get('evaluate') or {})
     (test_ds,) = datasets_from_params(params, root, splits=(e.get('split', 'test'),))
     model = load_model(root/model_dir)
-    trainer = Trainer(model, test_ds, config=dict(batch_size=e.get('batch_size', 256), device='cpu', seed=0))
-    metrics = trainer.evaluate(test_ds)
+    result = evaluate_model(model, test_ds, batch_size=e.get('batch_size', 256), device='cpu')
+    metrics = dict(result)
     (out/'plots').mkdir(parents=True, exist_ok=True)
     (out/'metrics.json').write_text(json.dumps({'test': metrics}, indent=2) + '\n')
-    cm = trainer.last_evaluation
-    if trainer.task == 'classification':
+    cm = result.metric
+    if isinstance(cm, ClassificationMetrics):  # a confusion matrix to plot
         names = cm.class_names
         lines = ['actual\tpredicted'] + [f'{names[i]}\t{names[j]}' for i in range(cm.num_classes) for j in range(cm.num_classes)
                                          for _ in range(int(cm.matrix[i, j]))]

@@ -22,14 +22,14 @@ from .settings import get_settings
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'SPLITS', 'TASKS', 'SHAPE_CLASSES', 'SHAPES_SIZES', 'CLASS_COLORS', 'DATASETS', 'to_image',
            'TaskDataset', 'Table', 'dataset_summary', 'class_counts', 'class_balance', 'stratified_split',
-           'DigitsDataset', 'Shape', 'Scene', 'make_scene', 'coverage', 'render', 'ShapesDataset', 'draw_item',
-           'show_samples', 'default_transforms', 'detection_collate', 'ImageFolderDataset', 'prepared_dir',
+           'DigitsDataset', 'Shape', 'Scene', 'make_scene', 'coverage', 'render', 'multi_hot', 'ShapesDataset',
+           'draw_item', 'show_samples', 'default_transforms', 'detection_collate', 'ImageFolderDataset', 'prepared_dir',
            'write_dataset', 'PreparedDataset', 'load_prepared']
 
 # %% ../nbs/03_data.ipynb #aab3e690
 IGNORE_INDEX = 255  # segmentation pixels that no loss or metric counts (VOC's convention)
 SPLITS = ('train', 'val', 'test')
-TASKS = ('classification', 'detection', 'segmentation')
+TASKS = ('classification', 'detection', 'segmentation', 'multilabel')
 
 def _check_choice(owner, name, value, choices):
     if value not in choices:
@@ -227,12 +227,18 @@ def render(scene:Scene, ignore_border:bool=False) -> tuple[np.ndarray, np.ndarra
 # %% ../nbs/03_data.ipynb #a5051fc4
 SHAPES_SIZES = {'train': 2000, 'val': 300, 'test': 300}
 
+def multi_hot(labels, num_classes:int) -> torch.Tensor:
+    "A float32 `(num_classes,)` vector with 1 at each class in `labels` (a class present twice is still 1)."
+    out = torch.zeros(num_classes, dtype=torch.float32)
+    out[list(labels)] = 1.0
+    return out
+
 class ShapesDataset(TaskDataset):
-    "Generated circles, squares and triangles on textured backgrounds, for classification, detection or segmentation."
+    "Generated circles, squares and triangles on textured backgrounds, for classification, detection, segmentation or multi-label classification."
     name, classes = 'shapes', SHAPE_CLASSES
 
     def __init__(self, split:str='train', n:int|None=None, size:int=64, seed:int=0,
-                 task:Literal['classification', 'detection', 'segmentation']='classification',
+                 task:Literal['classification', 'detection', 'segmentation', 'multilabel']='classification',
                  min_shapes:int=1, max_shapes:int=3, ignore_border:bool=False, transform=None):
         self.split = _check_choice('ShapesDataset', 'split', split, SPLITS)
         self.task = _check_choice('ShapesDataset', 'task', task, TASKS)
@@ -250,13 +256,16 @@ class ShapesDataset(TaskDataset):
         if self.task == 'classification': return make_scene(rng, self.size, 1, radius=(0.15, 0.4))
         return make_scene(rng, self.size, int(rng.integers(self.min_shapes, self.max_shapes + 1)))
 
-    def labels(self, i): return [s.cls for s in self.scene(i).shapes]
+    def labels(self, i):
+        cls = [s.cls for s in self.scene(i).shapes]
+        return sorted(set(cls)) if self.task == 'multilabel' else cls  # multi-label: the classes present, once each
     def get(self, i):
         scene = self.scene(i)
         pixels, mask = render(scene, self.ignore_border)
         image = to_image(pixels)
         if self.task == 'classification': return image, scene.shapes[0].cls
         if self.task == 'segmentation': return image, tv_tensors.Mask(torch.from_numpy(mask))
+        if self.task == 'multilabel': return image, multi_hot([s.cls for s in scene.shapes], len(self.classes))
         boxes = torch.tensor([s.box() for s in scene.shapes], dtype=torch.float32).reshape(-1, 4)
         return image, {'boxes': tv_tensors.BoundingBoxes(boxes, format='XYXY', canvas_size=(self.size, self.size)),
                        'labels': torch.tensor([s.cls for s in scene.shapes], dtype=torch.int64)}
@@ -365,6 +374,7 @@ def write_dataset(name:str, root:str|Path|None=None, splits=SPLITS, **kwargs) ->
         data = {'meta': dict(name=name, split=split, task=ds.task, classes=list(ds.classes), kwargs=kwargs, format=1),
                 'images': torch.stack([TF.to_dtype(x, torch.uint8, scale=True).as_subclass(torch.Tensor) for x, _ in items])}
         if ds.task == 'classification': data['labels'] = torch.tensor([t for _, t in items], dtype=torch.int64)
+        elif ds.task == 'multilabel': data['labels'] = torch.stack([t for _, t in items]).to(torch.uint8)
         elif ds.task == 'segmentation': data['masks'] = torch.stack([t.as_subclass(torch.Tensor) for _, t in items]).to(torch.uint8)
         else:
             data['boxes'] = torch.cat([t['boxes'].as_subclass(torch.Tensor) for _, t in items]).reshape(-1, 4)
@@ -390,12 +400,14 @@ class PreparedDataset(TaskDataset):
     def __len__(self): return len(self.data['images'])
     def labels(self, i):
         if self.task == 'classification': return [int(self.data['labels'][i])]
+        if self.task == 'multilabel': return self.data['labels'][i].nonzero().flatten().tolist()
         if self.task == 'detection': return self.data['labels'][self.offsets[i]:self.offsets[i + 1]].tolist()
         m = self.data['masks'][i]
         return [c - 1 for c in m.unique().tolist() if 0 < c != IGNORE_INDEX]
     def get(self, i):
         image = to_image(self.data['images'][i])
         if self.task == 'classification': return image, int(self.data['labels'][i])
+        if self.task == 'multilabel': return image, self.data['labels'][i].to(torch.float32)
         if self.task == 'segmentation': return image, tv_tensors.Mask(self.data['masks'][i].to(torch.int64))
         a, b = self.offsets[i], self.offsets[i + 1]
         return image, {'boxes': tv_tensors.BoundingBoxes(self.data['boxes'][a:b], format='XYXY', canvas_size=tuple(image.shape[-2:])),

@@ -47,8 +47,7 @@ def create_model(architecture:str='cnn', backbone=None, head=None, config=None, 
         _warn_unused(model, parts)
         return model
     if overrides:
-        head_cls = get_head_class(head) if isinstance(head, str) else type(head) if head is not None else \
-                   get_head_class(cls.default_head) if getattr(cls, 'default_head', None) else None
+        head_cls = _head_class(head, cls)
         known = _declared(cls) | (_declared(head_cls) if head_cls else set())
         for k in overrides:
             if k not in known:
@@ -57,6 +56,13 @@ def create_model(architecture:str='cnn', backbone=None, head=None, config=None, 
                                   "backbone options go in backbone={'name': ..., 'option': ...}")
     kw = {k: v for k, v in (('backbone', backbone), ('head', head)) if v is not None}
     return cls(shared, **kw)
+
+def _head_class(head, cls) -> type|None:
+    "The head class `head` names (a name, a dict with a `name`, a built head) or, without one, `cls`'s default head."
+    if isinstance(head, dict): head = head.get('name')  # a dict head takes the shared keys too (create_head merges them)
+    if isinstance(head, str): return get_head_class(head)
+    if head is not None: return type(head)
+    return get_head_class(cls.default_head) if getattr(cls, 'default_head', None) else None
 
 def _warn_unused(model, parts:dict):
     "Say so when a class that builds its own parts was given a backbone or head by name and built another."

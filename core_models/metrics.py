@@ -1,4 +1,4 @@
-"""Accuracy and confusion matrices for classification, COCO mean average precision for detection, and IoU for segmentation, as batch-by-batch accumulators.
+"""Accuracy and confusion matrices for classification, COCO mean average precision for detection, IoU for segmentation and mAP/F1 for multi-label classification, as batch-by-batch accumulators that a task fills and merges.
 
 Docs: https://core-models.github.io/core-models/metrics.html.md"""
 
@@ -14,9 +14,10 @@ from torchvision.ops import box_iou
 
 # %% auto #0
 __all__ = ['COCO_IOU_THRESHOLDS', 'COCO_RECALL_THRESHOLDS', 'as_labels', 'accuracy', 'topk_accuracy', 'confusion_matrix',
-           'ConfusionMatrix', 'coco_linspace', 'match_detections', 'average_precision', 'MeanAveragePrecision',
-           'to_coco_format', 'confusion_from_masks', 'iou_from_confusion', 'mean_iou', 'pixel_accuracy',
-           'SegmentationMetrics']
+           'ConfusionMatrix', 'dataset_classes', 'metric_class_names', 'ClassificationMetrics', 'coco_linspace',
+           'match_detections', 'average_precision', 'MeanAveragePrecision', 'to_coco_format', 'confusion_from_masks',
+           'iou_from_confusion', 'mean_iou', 'pixel_accuracy', 'SegmentationMetrics', 'label_average_precision',
+           'MultiLabelMetrics']
 
 # %% ../nbs/04_metrics.ipynb #a0cef503
 def as_labels(preds:torch.Tensor, targets:torch.Tensor, where:str='metrics') -> torch.Tensor:
@@ -108,6 +109,69 @@ class ConfusionMatrix:
         return ('| class | support | precision | recall | F1 |\n|---|---:|---:|---:|---:|\n' + rows +
                 f'\n| **macro** | {self.matrix.sum()} | {self.precision.mean():.3f} | {self.recall.mean():.3f} | {self.f1.mean():.3f} |'
                 f'\n\naccuracy {self.accuracy:.4f} over {self.matrix.sum()} samples')
+
+# %% ../nbs/04_metrics.ipynb #3f0df945
+def dataset_classes(dataset) -> list[str]|None:
+    "The `classes` of `dataset`, looking through `Subset`s; None when it has none."
+    from torch.utils.data import Subset
+    while not getattr(dataset, 'classes', None) and isinstance(dataset, Subset): dataset = dataset.dataset
+    classes = getattr(dataset, 'classes', None)
+    return list(classes) if classes else None
+
+def metric_class_names(dataset, num_classes:int|None, background:bool=False) -> list[str]|None:
+    "Names for `num_classes` outputs from `dataset.classes` (with 'background' first when `background` and one name is missing); None when they don't fit."
+    names = dataset_classes(dataset) if dataset is not None else None
+    if names is None or num_classes is None: return None
+    if len(names) == num_classes: return names
+    if background and len(names) + 1 == num_classes: return ['background', *names]
+    return None
+
+@patch
+def merge(self:ConfusionMatrix, other:ConfusionMatrix):
+    "Add the counts of `other` (the same classes), as if its batches had been fed here."
+    if other.matrix.shape != self.matrix.shape:
+        raise ValueError(f'{type(self).__name__}.merge: expected a matrix of shape {tuple(self.matrix.shape)}, got {tuple(other.matrix.shape)}')
+    self.matrix += other.matrix.cpu()
+    return self
+
+class ClassificationMetrics(ConfusionMatrix):
+    "Accuracy, top-k accuracy and the confusion matrix of single-label logits `(N, K)`; sized by the first batch when `num_classes` is None."
+    def __init__(self, num_classes:int|None=None, class_names:Sequence[str]|None=None, topk:int=5):
+        self.topk, self.names_given = topk, list(class_names) if class_names is not None else None
+        self.num_classes, self.topk_hits, self.count = None, 0, 0
+        if num_classes is not None: self._size(num_classes)
+
+    def _size(self, k:int):
+        names = self.names_given if self.names_given is not None and len(self.names_given) == k else None
+        ConfusionMatrix.__init__(self, k, names)
+
+    def reset(self):
+        super().reset()
+        self.topk_hits, self.count = 0, 0
+
+    def update(self, preds:torch.Tensor, targets:torch.Tensor):
+        "Add a batch of logits `(N, K)` (or labels `(N,)`) and labels `(N,)`."
+        if self.num_classes is None:
+            if preds.ndim != 2: raise ValueError(f'ClassificationMetrics: expected logits (N, K) to learn the number of classes, got {tuple(preds.shape)}')
+            self._size(preds.shape[1])
+        super().update(preds, targets)
+        if preds.ndim == 2 and self.num_classes > self.topk:
+            self.topk_hits += int((preds.detach().topk(self.topk, 1).indices == targets.detach()[:, None]).any(1).sum())
+        self.count += len(targets)
+        return self
+
+    def merge(self, other:ClassificationMetrics):
+        if other.num_classes is None: return self
+        if self.num_classes is None: self._size(other.num_classes)
+        super().merge(other)
+        self.topk_hits += other.topk_hits; self.count += other.count
+        return self
+
+    def summary(self) -> dict:
+        "`accuracy`, and `top5` (top-`topk`) when there are more than `topk` classes."
+        out = {'accuracy': self.accuracy if self.num_classes else 0.0}
+        if self.num_classes and self.num_classes > self.topk: out[f'top{self.topk}'] = self.topk_hits / max(self.count, 1)
+        return out
 
 # %% ../nbs/04_metrics.ipynb #751b090c
 @patch
@@ -272,6 +336,22 @@ def to_coco_format(preds:list[dict], targets:list[dict]) -> tuple[dict, list[dic
     labels = {a['category_id'] for a in anns} | {d['category_id'] for d in dets}
     return dict(images=images, annotations=anns, categories=[dict(id=c) for c in sorted(labels)]), dets
 
+# %% ../nbs/04_metrics.ipynb #fa96b6c5
+@patch
+def summary(self:MeanAveragePrecision) -> dict:
+    "`map`, `map_50`, `map_75` and `mar_100`: the numbers a run reports."
+    r = self.compute()
+    return {k: r[k] for k in ('map', 'map_50', 'map_75', 'mar_100')}
+
+@patch
+def merge(self:MeanAveragePrecision, other:MeanAveragePrecision):
+    "Add the matched images of `other` (accumulated with the same thresholds) after those seen here."
+    for c, g in other.num_gt.items():
+        self.num_gt[c] = self.num_gt.get(c, 0) + g
+        self.scores.setdefault(c, []).extend(other.scores[c]); self.tps.setdefault(c, []).extend(other.tps[c])
+    self.num_images += other.num_images
+    return self
+
 # %% ../nbs/04_metrics.ipynb #b765186e
 def confusion_from_masks(preds:torch.Tensor, targets:torch.Tensor, num_classes:int, ignore_index:int|None=255) -> torch.Tensor:
     "`(K, K)` pixel confusion (rows true) of masks `(N, H, W)` or logits `(N, K, H, W)` against target masks, skipping `ignore_index`."
@@ -306,9 +386,84 @@ class SegmentationMetrics(ConfusionMatrix):
         acc = self.matrix.diag().double() / self.support.double()
         return dict(pixel_acc=self.accuracy, mean_acc=acc.nanmean().item(), miou=iou.nanmean().item(), iou=iou.tolist())
 
+    def summary(self) -> dict:
+        "`miou`, `pixel_acc` and `mean_acc`: the numbers a run reports."
+        r = self.compute()
+        return {k: r[k] for k in ('miou', 'pixel_acc', 'mean_acc')}
+
     def _repr_markdown_(self):
         r = self.compute()
         rows = '\n'.join(f'| {n} | {s} | {i:.4f} |' if not math.isnan(i) else f'| {n} | {s} | - |'
                          for n, s, i in zip(self.class_names, self.support.tolist(), r['iou']))
         return (f"mIoU **{r['miou']:.4f}**, pixel accuracy {r['pixel_acc']:.4f}, mean accuracy {r['mean_acc']:.4f}\n\n"
                 '| class | pixels | IoU |\n|---|---:|---:|\n' + rows)
+
+# %% ../nbs/04_metrics.ipynb #382f3e80
+def label_average_precision(scores:torch.Tensor, targets:torch.Tensor) -> torch.Tensor:
+    "Average precision of each of the `K` columns of `scores` `(N, K)` against multi-hot `targets` `(N, K)`; `nan` for a label with no positive."
+    if scores.shape != targets.shape or scores.ndim != 2:
+        raise ValueError(f'label_average_precision: expected scores and multi-hot targets of one shape (N, K), got {tuple(scores.shape)} and {tuple(targets.shape)}')
+    out = torch.full((scores.shape[1],), math.nan, dtype=torch.float64)
+    for k in range(scores.shape[1]):
+        s, t = scores[:, k].double(), targets[:, k].double()
+        if t.sum() == 0: continue
+        order = s.argsort(descending=True, stable=True)
+        s, t = s[order], t[order]
+        last = torch.cat([(s[1:] != s[:-1]).nonzero().flatten(), torch.tensor([len(s) - 1])])  # the end of each run of tied scores
+        tps = t.cumsum(0)[last]
+        precision, recall = tps / (last + 1), tps / tps[-1]
+        out[k] = ((recall - torch.cat([recall.new_zeros(1), recall[:-1]])) * precision).sum()
+    return out
+
+class MultiLabelMetrics:
+    "mAP (macro average precision over labels) and macro F1 at `threshold` of per-label probabilities `(N, K)` against multi-hot targets."
+    def __init__(self, num_classes:int, class_names:Sequence[str]|None=None, threshold:float=0.5):
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f'MultiLabelMetrics: expected {num_classes} class_names, got {len(class_names)}')
+        self.num_classes, self.threshold = num_classes, threshold
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        self.reset()
+
+    def reset(self):
+        "Forget every batch seen so far."
+        self.scores, self.targets = [], []
+
+    def update(self, scores:torch.Tensor, targets:torch.Tensor):
+        "Add a batch: probabilities `(N, K)` and multi-hot targets `(N, K)` (0/1, any dtype)."
+        if scores.ndim != 2 or scores.shape != targets.shape or scores.shape[1] != self.num_classes:
+            raise ValueError(f'MultiLabelMetrics: expected scores and multi-hot targets of shape (N, {self.num_classes}), '
+                             f'got {tuple(scores.shape)} and {tuple(targets.shape)}')
+        self.scores.append(scores.detach().float().cpu()); self.targets.append(targets.detach().cpu().bool())
+        return self
+
+    def merge(self, other:MultiLabelMetrics):
+        "Add the batches of `other`."
+        self.scores += other.scores; self.targets += other.targets
+        return self
+
+    def _all(self):
+        if not self.scores: return torch.zeros(0, self.num_classes), torch.zeros(0, self.num_classes, dtype=torch.bool)
+        return torch.cat(self.scores), torch.cat(self.targets)
+
+    @property
+    def average_precision(self) -> torch.Tensor: return label_average_precision(*self._all())
+    @property
+    def f1(self) -> torch.Tensor:
+        "Per-label F1 of `score >= threshold` (0 for a label never predicted and never present)."
+        s, t = self._all()
+        p = s >= self.threshold
+        tp, fp, fn = (p & t).sum(0).double(), (p & ~t).sum(0).double(), (~p & t).sum(0).double()
+        return _safe_div(2 * tp, 2 * tp + fp + fn)
+
+    def summary(self) -> dict:
+        "`map` (over labels with a positive; 0.0 with none) and `f1` (macro): the numbers a run reports."
+        ap = self.average_precision
+        return {'map': ap.nanmean().item() if (~ap.isnan()).any() else 0.0, 'f1': self.f1.mean().item()}
+
+    def _repr_markdown_(self):
+        s, t = self._all()
+        r = self.summary()
+        rows = '\n'.join(f"| {n} | {int(c)} | {'-' if math.isnan(a) else f'{a:.4f}'} | {f:.4f} |"
+                         for n, c, a, f in zip(self.class_names, t.sum(0).tolist(), self.average_precision.tolist(), self.f1.tolist()))
+        return (f"mAP **{r['map']:.4f}**, macro F1 {r['f1']:.4f} (threshold {self.threshold}) over {len(s)} images\n\n"
+                '| label | positives | AP | F1 |\n|---|---:|---:|---:|\n' + rows)

@@ -1,4 +1,4 @@
-"""One `Trainer` for classification, detection and segmentation: optimizers, schedules, mixed precision, callbacks, dvclive, resumable checkpoints and DistributedDataParallel.
+"""One `Trainer` for every task (the model says how its task is trained and judged), a free `evaluate(model, dataset)`, optimizers, schedules, mixed precision, callbacks, dvclive, resumable checkpoints and DistributedDataParallel.
 
 Docs: https://core-models.github.io/core-models/training.html.md"""
 
@@ -17,16 +17,16 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 from .config import ComponentConfig, ConfigError, config_field, config_as_dict, did_you_mean
 from .settings import seed_everything, resolve_device
-from .data import TASKS, detection_collate
-from .metrics import ConfusionMatrix, MeanAveragePrecision, SegmentationMetrics
+from .metrics import dataset_classes, metric_class_names
+from .architectures.base import task_of, weight_decay_groups
 from .versioning.checkpoint import (CheckpointManager, config_hash, to_jsonable, read_meta, nonfinite_tensors,
                                           describe_nonfinite)
 
 # %% auto #0
 __all__ = ['TrainConfig', 'default_param_groups', 'build_optimizer', 'warmup_factor', 'build_scheduler', 'Callback',
            'EarlyStopping', 'History', 'dist_info', 'is_main_process', 'init_distributed', 'convert_sync_batchnorm',
-           'reset_peak_memory', 'peak_memory_mb', 'enable_grad_checkpointing', 'seed_worker', 'Trainer',
-           'NonFiniteError', 'dataset_classes', 'metric_class_names']
+           'reset_peak_memory', 'peak_memory_mb', 'enable_grad_checkpointing', 'seed_worker', 'TrainStep', 'Trainer',
+           'batch_to_device', 'precision_autocast', 'NonFiniteError', 'Evaluation', 'run_evaluation', 'evaluate']
 
 # %% ../nbs/06_training.ipynb #a51c7af8
 @dataclass
@@ -83,11 +83,8 @@ class TrainConfig(ComponentConfig):
 
 # %% ../nbs/06_training.ipynb #53701a64
 def default_param_groups(model:nn.Module, lr:float, weight_decay:float) -> list[dict]:
-    "Two groups: weights (ndim > 1) with weight decay, everything else without."
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    rest = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [g for g in (dict(params=decay, lr=lr, weight_decay=weight_decay, name='decay'),
-                        dict(params=rest, lr=lr, weight_decay=0.0, name='no_decay')) if g['params']]
+    "The groups of a model without `param_groups`: the kit's one weight-decay rule (`weight_decay_groups`: norms, biases, tokens and `no_weight_decay()` names undecayed)."
+    return weight_decay_groups(model, lr, weight_decay)
 
 def build_optimizer(model:nn.Module, config:TrainConfig) -> torch.optim.Optimizer:
     "AdamW or SGD over `model.param_groups(...)` (or `default_param_groups`) as `config` says."
@@ -235,13 +232,20 @@ def seed_worker(worker_id:int):
     s = torch.initial_seed() % 2**32
     random.seed(s); np.random.seed(s)
 
+class TrainStep(nn.Module):
+    "What DistributedDataParallel and `torch.compile` wrap: `forward(images, targets)` is the model's `training_loss` (Lightning wraps its steps so)."
+    def __init__(self, model:nn.Module, config=None):
+        super().__init__()
+        self.model, self.config = model, config
+    def forward(self, images, targets): return task_of(self.model).training_loss(images, targets, self.config)
+
 class Trainer:
-    "One training loop for classification, detection and segmentation models (task from `model.task`)."
+    "One training loop for any model whose task hooks (`training_loss`, `evaluation_step`, `metrics`, `collate_fn`, `monitor`) say how it learns."
     def __init__(self, model:nn.Module, train_dataset:Dataset, val_dataset:Dataset|None=None, config=None,
-                 callbacks:list|tuple=(), task:str|None=None, **overrides):
+                 callbacks:list|tuple=(), **overrides):
         self.config = c = TrainConfig.resolve(config, **overrides)
-        self.task = task or getattr(model, 'task', None) or 'classification'
-        if self.task not in TASKS: raise ConfigError('Trainer', 'task', f"one of {', '.join(map(repr, TASKS))}", self.task)
+        self.hooks = task_of(model)  # the model itself, or the classification defaults for a plain module
+        self.task = getattr(self.hooks, 'task', None)  # a description (recorded in the run config), never branched on
         self.device = resolve_device(c.device)
         if c.precision == 'fp16' and self.device.type != 'cuda':
             raise ConfigError('TrainConfig', 'precision', "'fp32' or 'bf16' on CPU (fp16 autocast needs a CUDA device)", 'fp16')
@@ -265,7 +269,7 @@ class Trainer:
         self.history, self.epoch, self.step, self.stop_training, self.skipped_steps = History(), 0, 0, False, 0
         self.checkpoints = self._make_manager()
         self.last_evaluation, self.live = None, None
-        net = self.model
+        net = TrainStep(self.model, c)
         if self.distributed:
             net = nn.parallel.DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
         self.train_model = torch.compile(net) if c.compile else net
@@ -276,7 +280,7 @@ class Trainer:
     def make_loader(self, dataset:Dataset, train:bool=False) -> DataLoader:
         "A DataLoader of this process's share of `dataset`: shuffled and seeded for training, in order for evaluation."
         c = self.config
-        collate = detection_collate if self.task == 'detection' else None
+        collate = self.hooks.collate_fn
         gen = torch.Generator().manual_seed(c.seed if c.seed is not None else 0)
         if train:
             sampler = DistributedSampler(dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True,
@@ -291,31 +295,39 @@ class Trainer:
 # %% ../nbs/06_training.ipynb #04678395
 def _plain(t): return t.as_subclass(torch.Tensor) if isinstance(t, torch.Tensor) else t
 
+def _to(v, device):
+    if isinstance(v, torch.Tensor): return _plain(v).to(device, non_blocking=True)
+    if isinstance(v, dict): return {k: _to(x, device) for k, x in v.items()}
+    if isinstance(v, (list, tuple)): return [_to(x, device) for x in v]
+    return v
+
+def batch_to_device(batch, device:torch.device, channels_last:bool=False):
+    "`(images, targets)` on `device` as plain tensors: targets may be a tensor, numbers, or lists of dicts/tensors (detection)."
+    x, y = batch
+    x = _to(x, device)
+    if channels_last and isinstance(x, torch.Tensor) and x.ndim == 4: x = x.contiguous(memory_format=torch.channels_last)
+    y = _to(y, device) if isinstance(y, (list, tuple, dict)) else _plain(torch.as_tensor(y)).to(device)
+    return x, y
+
+def precision_autocast(device:torch.device, precision:str='fp32'):
+    "The autocast context of `precision` on `device` (bf16 on CPU or CUDA, fp16 on CUDA; disabled for fp32)."
+    dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(precision, torch.float32)
+    return torch.autocast(device.type, dtype=dtype, enabled=precision != 'fp32')
+
 @patch
 def to_device(self:Trainer, batch):
     "`(images, targets)` on the trainer's device, images in channels-last when configured."
-    x, y = batch
-    x = _plain(x).to(self.device, non_blocking=True)
-    if self.config.channels_last and x.ndim == 4: x = x.contiguous(memory_format=torch.channels_last)
-    if isinstance(y, (list, tuple)): y = [{k: _plain(v).to(self.device) for k, v in t.items()} for t in y]
-    else: y = _plain(torch.as_tensor(y)).to(self.device)
-    return x, y
+    return batch_to_device(batch, self.device, self.config.channels_last)
 
 @patch
 def autocast(self:Trainer):
-    "The autocast context of `config.precision` (bf16 on CPU or CUDA, fp16 on CUDA; disabled for fp32)."
-    p = self.config.precision
-    dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(p, torch.float32)
-    return torch.autocast(self.device.type, dtype=dtype, enabled=p != 'fp32')
+    "The autocast context of `config.precision`."
+    return precision_autocast(self.device, self.config.precision)
 
 @patch
 def training_loss(self:Trainer, model, x, y) -> torch.Tensor:
-    "The scalar loss of one batch: cross-entropy of the logits, or the sum of the model's own losses."
-    with self.autocast():
-        if self.task == 'classification':
-            return F.cross_entropy(model(x).float(), y, label_smoothing=self.config.label_smoothing)
-        losses = model(x, y)
-        return sum(v.float() for v in losses.values())
+    "The scalar loss of one batch: `model` (the wrapped `TrainStep`) runs the model's own `training_loss`."
+    with self.autocast(): return model(x, y)
 
 # %% ../nbs/06_training.ipynb #06de65a9
 def _all_reduce(t:torch.Tensor, distributed:bool) -> torch.Tensor:
@@ -428,90 +440,68 @@ def train_epoch(self:Trainer, epoch:int) -> float:
                                    stopped='as nothing is being learnt')
     return (stats[0] / stats[1]).item()
 
-# %% ../nbs/06_training.ipynb #d571539d
-def dataset_classes(dataset) -> list[str]|None:
-    "The `classes` of `dataset`, looking through `Subset`s; None when it has none."
-    while not getattr(dataset, 'classes', None) and isinstance(dataset, Subset): dataset = dataset.dataset
-    classes = getattr(dataset, 'classes', None)
-    return list(classes) if classes else None
-
-def metric_class_names(dataset, num_classes:int, task:str='classification') -> list[str]|None:
-    "Names for a model's `num_classes` outputs from `dataset.classes`, with 'background' first for a segmenter's class 0; None when they don't fit."
-    names = dataset_classes(dataset)
-    if names is None: return None
-    if len(names) == num_classes: return names
-    if task == 'segmentation' and len(names) + 1 == num_classes: return ['background', *names]
-    return None
-
 # %% ../nbs/06_training.ipynb #2bc75aa0
-def _eval_detection(model, x, y):
-    "Predictions and (when the head can compute them) summed losses of a detector in eval mode, from one forward."
-    head = getattr(model, 'head', None)
-    if not all(hasattr(head, a) for a in ('forward_dense', 'loss', 'predict')) or not hasattr(model, 'size_divisible'):
-        return model(x), None
-    from core_models.architectures.detection import batch_images
-    images, sizes = batch_images(x, model.size_divisible)
-    dense = head.forward_dense(model.forward_features(images))
-    return head.predict(dense, sizes), sum(v.float() for v in head.loss(dense, y).values())
+class Evaluation(dict):
+    "What `evaluate` returns: the numbers (`loss` and the task's `summary()`) as a dict, and the task's metrics object as `metric`."
+    def __init__(self, numbers:dict, metric=None):
+        super().__init__(numbers)
+        self.metric = metric
+    def _repr_markdown_(self):
+        line = ', '.join(f'{k} **{v:.4f}**' if isinstance(v, float) else f'{k} {v}' for k, v in self.items())
+        table = getattr(self.metric, '_repr_markdown_', None)
+        return line + ('\n\n' + table() if table else '')
+
+def run_evaluation(model:nn.Module, loader, to_device, autocast=contextlib.nullcontext, distributed:bool=False, dataset=None) -> Evaluation:
+    "The loop of `evaluate` and `Trainer.evaluate`: the model's `evaluation_step` per batch into its `metrics(dataset)`, losses and metrics summed over processes."
+    task = task_of(model)
+    was_training = model.training
+    model.eval()
+    loss_sum, n, has_loss, metric = 0.0, 0, True, None
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                x, y = to_device(batch)
+                with autocast(): preds, loss = task.evaluation_step(x, y)
+                if metric is None: metric = task.metrics(dataset)
+                metric.update(preds, y)
+                if loss is None: has_loss = False
+                else: loss_sum += float(loss) * len(x)
+                n += len(x)
+    finally: model.train(was_training)
+    if metric is None: metric = task.metrics(dataset)  # no batch here (a process with an empty share)
+    if distributed:
+        stats = torch.tensor([loss_sum, n, float(has_loss)], dtype=torch.float64, device=next(model.parameters()).device)
+        dist.all_reduce(stats)
+        loss_sum, n, has_loss = stats[0].item(), int(stats[1].item()), stats[2].item() == dist.get_world_size()
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, metric)
+        metric = gathered[0]
+        for m in gathered[1:]: metric.merge(m)
+    out = {'loss': loss_sum / max(n, 1)} if has_loss else {}
+    return Evaluation({**out, **metric.summary()}, metric)
 
 @patch
 def evaluate(self:Trainer, dataset:Dataset|None=None) -> dict:
-    "The task's metrics of the model on `dataset` (default: the validation set); see the table above."
+    "The task's numbers of the model on `dataset` (default: the validation set); the metrics object is kept as `last_evaluation`."
     dataset = dataset if dataset is not None else self.val_dataset
     if dataset is None: raise ValueError('Trainer.evaluate: no dataset given and no val_dataset to fall back on')
-    model, task, dev = self.model, self.task, self.device
-    was_training = model.training
-    model.eval()
-    loss_sum, n, top5, metric, preds_all, targets_all, has_loss = 0.0, 0, 0, None, [], [], True
-    with torch.no_grad():
-        for batch in self.make_loader(dataset):
-            x, y = self.to_device(batch)
-            with self.autocast():
-                if task == 'classification':
-                    logits = model(x).float()
-                    loss = F.cross_entropy(logits, y, reduction='sum')
-                    if metric is None: metric = ConfusionMatrix(logits.shape[1], metric_class_names(dataset, logits.shape[1]))
-                    metric.update(logits, y)
-                    if logits.shape[1] > 5: top5 += (logits.topk(5, 1).indices == y[:, None]).any(1).sum().item()
-                elif task == 'segmentation':
-                    logits = model(x)['out'].float()
-                    head = getattr(model, 'head', None)
-                    loss = sum(v.float() for v in head.losses(logits, y).values()) * len(x) if hasattr(head, 'losses') else None
-                    if metric is None: metric = SegmentationMetrics(logits.shape[1], metric_class_names(dataset, logits.shape[1], task),
-                                                                    ignore_index=getattr(getattr(head, 'config', None), 'ignore_index', 255))
-                    metric.update(logits, y)
-                else:
-                    preds, loss = _eval_detection(model, x, y)
-                    loss = loss * len(x) if loss is not None else None
-                    preds_all += [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in p.items()} for p in preds]
-                    targets_all += [{k: v.cpu() for k, v in t.items()} for t in y]
-            if loss is None: has_loss = False
-            else: loss_sum += float(loss)
-            n += len(x)
-    model.train(was_training)
-    stats = _all_reduce(torch.tensor([loss_sum, n, top5], dtype=torch.float64, device=dev), self.distributed).cpu()
-    count = max(stats[1].item(), 1)
-    out = {'loss': stats[0].item() / count} if has_loss else {}
-    if task == 'detection':
-        if self.distributed:
-            gathered = [None] * self.world_size
-            dist.all_gather_object(gathered, (preds_all, targets_all))
-            preds_all = [p for g in gathered for p in g[0]]; targets_all = [t for g in gathered for t in g[1]]
-        num_classes = getattr(getattr(getattr(model, 'head', None), 'config', None), 'num_classes', None)
-        names = metric_class_names(dataset, num_classes, task) if num_classes else None
-        metric = MeanAveragePrecision(class_names=names).update(preds_all, targets_all)
-        r = metric.compute()
-        out.update({k: r[k] for k in ('map', 'map_50', 'map_75', 'mar_100')})
-    else:
-        if self.distributed: metric.matrix = _all_reduce(metric.matrix.to(dev), True).cpu()
-        if task == 'classification':
-            out['accuracy'] = metric.accuracy
-            if metric.num_classes > 5: out['top5'] = stats[2].item() / count
-        else:
-            r = metric.compute()
-            out.update({k: r[k] for k in ('miou', 'pixel_acc', 'mean_acc')})
-    self.last_evaluation = metric
-    return out
+    r = run_evaluation(self.model, self.make_loader(dataset), self.to_device, self.autocast, self.distributed, dataset)
+    self.last_evaluation = r.metric
+    return dict(r)
+
+# the free `evaluate` comes after `Trainer.evaluate`: `@patch` also binds the patched function's name in this module
+def _model_device(model:nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device('cpu')
+
+def evaluate(model:nn.Module, dataset:Dataset, batch_size:int=64, device:str|torch.device|None=None,
+             precision:str='fp32', num_workers:int=0) -> Evaluation:
+    "The loss and task metrics of `model` on `dataset` (eval mode, no gradients), on `device` (default: where the model is)."
+    dev = resolve_device(device) if device is not None else _model_device(model)
+    model.to(dev)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=task_of(model).collate_fn, num_workers=num_workers)
+    return run_evaluation(model, loader, lambda b: batch_to_device(b, dev), lambda: precision_autocast(dev, precision), dataset=dataset)
+
 
 # %% ../nbs/06_training.ipynb #da90ac0d
 _NOT_HASHED = ('live_dir', 'checkpoint_dir', 'resume', 'progress', 'device', 'num_workers', 'compile', 'skip_nonfinite')
@@ -535,7 +525,7 @@ def monitor(self:Trainer) -> tuple[str, str]:
     "The history key that picks the best checkpoint, and whether it is minimised or maximised."
     m = self.config.monitor
     if m is None:
-        m = {'classification': 'val_accuracy', 'detection': 'val_map', 'segmentation': 'val_miou'}[self.task] if self.val_dataset is not None else 'train_loss'
+        m = f'val_{self.hooks.monitor}' if self.val_dataset is not None else 'train_loss'
     return m, ('min' if 'loss' in m else 'max')
 
 @patch

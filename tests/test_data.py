@@ -44,6 +44,7 @@ def test_prepared_round_trip(tmp_path, task):
         assert torch.equal(x, y) and type(x) is type(y)
         if task == 'detection': assert torch.equal(t['boxes'], u['boxes']) and torch.equal(t['labels'], u['labels'])
         elif task == 'segmentation': assert torch.equal(t, u) and isinstance(t, tv_tensors.Mask)
+        elif task == 'multilabel': assert torch.equal(t, u) and t.dtype == torch.float32
         else: assert t == u
         assert p.labels(i) == d.labels(i) or task == 'segmentation'
 

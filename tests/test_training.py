@@ -111,7 +111,8 @@ def test_dvclive_files_and_best_checkpoint(tmp_path):
 def test_config_errors():
     with pytest.raises(ConfigError, match='`learning_rate` expected one of the fields'): TrainConfig.resolve({'learning_rate': 0.1})
     with pytest.raises(ConfigError, match='fp16 autocast needs a CUDA device'): Trainer(model(), digits(), precision='fp16', device='cpu')
-    with pytest.raises(ConfigError, match='`task` expected one of'): Trainer(model(), digits(), task='ranking')
+    class Ranker(torch.nn.Sequential): task = 'ranking'
+    with pytest.raises(TypeError, match="says its task is 'ranking' but has no task hooks"): Trainer(Ranker(torch.nn.Flatten()), digits())
 
 
 def test_early_stopping_and_bf16():

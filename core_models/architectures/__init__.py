@@ -1,5 +1,5 @@
 """Architectures: `BaseArchitecture` (`base`), `CNNArchitecture` (`cnn`), `TransformerArchitecture` (`transformer`),
-`DetectionArchitecture` (`detection`) and `SegmentationArchitecture` (`segmentation`).
+`DetectionArchitecture` (`detection`), `SegmentationArchitecture` (`segmentation`) and `MultiLabelArchitecture` (`multilabel`).
 
 Hand-written re-exports; each submodule is generated from its notebook under `nbs/architectures/`."""
 
@@ -8,3 +8,4 @@ from .cnn import *
 from .transformer import *
 from .detection import *
 from .segmentation import *
+from .multilabel import *

@@ -9,15 +9,17 @@ from __future__ import annotations
 import dataclasses, functools, inspect, re, warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-import torch, torch.nn as nn
+import torch, torch.nn as nn, torch.nn.functional as F
 from ..config import Configurable, ComponentConfig, config_field, ConfigError, check_shape, config_as_dict, NameRegistry
 from ..summary import summary, ModelSummary
 from ..backbones.base import Backbone, FeatureInfo, create_backbone, get_backbone_entry, list_backbones
 from ..heads.base import Head, create_head, get_head_class
+from ..metrics import ClassificationMetrics, dataset_classes
 
 # %% auto #0
-__all__ = ['architecture_name', 'register_architecture', 'list_architectures', 'get_architecture_class', 'records_arguments',
-           'ArchitectureConfig', 'BaseArchitecture']
+__all__ = ['TASK_HOOKS', 'architecture_name', 'register_architecture', 'list_architectures', 'get_architecture_class',
+           'records_arguments', 'ClassificationTask', 'PlainClassifier', 'task_of', 'no_weight_decay_names',
+           'weight_decay_groups', 'ArchitectureConfig', 'BaseArchitecture']
 
 # %% ../../nbs/architectures/00_base.ipynb #0cf4dd94
 _ARCHITECTURES = NameRegistry('architecture')
@@ -136,6 +138,73 @@ def _describe(v, where:str):
     raise TypeError(f'{where}: a {type(v).__name__} cannot be recorded in a config; expected numbers, strings, lists, dicts, '
                     'a registered backbone or head (given by name, as a dict or built), or a config dataclass')
 
+# %% ../../nbs/architectures/00_base.ipynb #e516adbe
+class ClassificationTask:
+    "The task hooks of single-label classification (the default of every architecture): loss, evaluation step, metrics, collate, monitor."
+    task: str = 'classification'
+    monitor: str = 'accuracy'  # the key of `metrics().summary()` that picks the best checkpoint
+    collate_fn = None  # a DataLoader's `collate_fn` for this task's items (None: torch's default)
+
+    def training_loss(self, images, targets, config=None) -> torch.Tensor:
+        "Cross-entropy of the logits of `images` against class indices `targets`, smoothed by `config.label_smoothing`."
+        return F.cross_entropy(self(images).float(), targets, label_smoothing=getattr(config, 'label_smoothing', 0.0))
+
+    def evaluation_step(self, images, targets) -> tuple:
+        "`(logits, mean cross-entropy)` of one batch (called in eval mode, without gradients)."
+        logits = self(images).float()
+        return logits, F.cross_entropy(logits, targets)
+
+    def metrics(self, dataset=None) -> ClassificationMetrics:
+        "A fresh `ClassificationMetrics`, its rows named after `dataset.classes` when they fit (sized by the first batch)."
+        return ClassificationMetrics(getattr(self, 'num_classes', None), class_names=dataset_classes(dataset) if dataset is not None else None)
+
+TASK_HOOKS = ('training_loss', 'evaluation_step', 'metrics')
+
+class PlainClassifier(ClassificationTask):
+    "The classification hooks for a plain `nn.Module` that has none (its outputs are taken as logits)."
+    def __init__(self, model:nn.Module): self.model = model
+    def __call__(self, *args, **kwargs): return self.model(*args, **kwargs)
+    @property
+    def num_classes(self): return getattr(self.model, 'num_classes', None)
+
+def task_of(model:nn.Module):
+    "What answers the task hooks for `model`: the model itself when it has them (every `BaseArchitecture`), else `PlainClassifier(model)`."
+    if all(callable(getattr(model, h, None)) for h in TASK_HOOKS): return model
+    task = getattr(model, 'task', None)
+    if task not in (None, ClassificationTask.task):
+        raise TypeError(f"{type(model).__name__} says its task is {task!r} but has no task hooks: expected a model with "
+                        f"{', '.join(TASK_HOOKS)}, `collate_fn` and `monitor` (subclass BaseArchitecture and override them), "
+                        f"or a plain classifier (task 'classification' or none)")
+    return PlainClassifier(model)
+
+# %% ../../nbs/architectures/00_base.ipynb #5356df1d
+def no_weight_decay_names(model:nn.Module) -> set[str]:
+    "Full parameter names that `model` or any submodule lists in its `no_weight_decay()` (timm's convention; names relative to that module)."
+    out = set()
+    for prefix, m in model.named_modules():
+        fn = getattr(m, 'no_weight_decay', None)
+        if callable(fn): out |= {f'{prefix}.{n}' if prefix else n for n in fn()}
+    return out
+
+def _decays(name:str, p:torch.Tensor, skip:set[str]) -> bool:
+    return p.ndim > 1 and not name.endswith(('pos_embed', 'cls_token')) and name not in skip
+
+def weight_decay_groups(model:nn.Module, lr:float, weight_decay:float=0.05, backbone_lr_mult:float=1.0) -> list[dict]:
+    "Optimizer groups by the kit's one rule: decay or not (see above); with a `backbone` attribute, backbone vs the rest (lr x `backbone_lr_mult`)."
+    body = getattr(model, 'backbone', None)
+    backbone = set(id(p) for p in body.parameters()) if isinstance(body, nn.Module) else None
+    skip, groups = no_weight_decay_names(model), {}
+    for n, p in model.named_parameters():
+        if not p.requires_grad: continue
+        part = None if backbone is None else ('backbone' if id(p) in backbone else 'head')
+        decay = _decays(n, p, skip)
+        if (part, decay) not in groups:
+            name = ('decay' if decay else 'no_decay') if part is None else f"{part}{'' if decay else '_no_decay'}"
+            groups[part, decay] = dict(params=[], lr=lr * (backbone_lr_mult if part == 'backbone' else 1.0),
+                                       weight_decay=weight_decay if decay else 0.0, name=name)
+        groups[part, decay]['params'].append(p)
+    return list(groups.values())
+
 # %% ../../nbs/architectures/00_base.ipynb #f3c57860
 @dataclass
 class ArchitectureConfig(ComponentConfig):
@@ -155,7 +224,7 @@ def _takes_parts(cls) -> bool:
 
 _BASE_ARGS = ('config', 'backbone', 'neck', 'head')
 
-class BaseArchitecture(Configurable, nn.Module):
+class BaseArchitecture(ClassificationTask, Configurable, nn.Module):
     "A backbone, an optional neck and a head, composed; or a base class for hand-written models."
     Config = ArchitectureConfig
     task: str = 'classification'
@@ -355,19 +424,11 @@ class BaseArchitecture(Configurable, nn.Module):
         return bool(getattr(getattr(self, 'backbone', None), 'grad_checkpointing', False))
 
     def param_groups(self, lr:float, weight_decay:float=0.05, backbone_lr_mult:float=1.0) -> list[dict]:
-        "Optimizer parameter groups: backbone vs the rest (lr x `backbone_lr_mult`), no weight decay on 1-D params (norms, biases, tokens)."
-        backbone = set(id(p) for p in getattr(self, 'backbone', nn.Module()).parameters())
-        groups = {}
-        for n, p in self.named_parameters():
-            if not p.requires_grad: continue
-            part = 'backbone' if id(p) in backbone else 'head'
-            decay = p.ndim > 1 and not n.endswith(('pos_embed', 'cls_token'))
-            key = (part, decay)
-            if key not in groups:
-                groups[key] = dict(params=[], lr=lr * (backbone_lr_mult if part == 'backbone' else 1.0),
-                                   weight_decay=weight_decay if decay else 0.0, name=f"{part}{'' if decay else '_no_decay'}")
-            groups[key]['params'].append(p)
-        return list(groups.values())
+        "Optimizer parameter groups: backbone vs the rest (lr x `backbone_lr_mult`), by the kit's one weight-decay rule (`weight_decay_groups`)."
+        groups = weight_decay_groups(self, lr, weight_decay, backbone_lr_mult)
+        if not hasattr(self, 'backbone'):  # a hand-written model: its parameters are all 'head'
+            for g in groups: g['name'] = 'head' if g['name'] == 'decay' else 'head_no_decay'
+        return groups
 
 def _architecture_for(cls, name:str) -> type:
     "The class a config's `architecture` name picks when `cls.from_config` reads it: the named class if it is `cls` or a subclass."

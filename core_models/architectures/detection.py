@@ -11,6 +11,9 @@ import torch, torch.nn.functional as F
 from ..config import ShapeError, check_shape
 from .base import BaseArchitecture, register_architecture
 from ..heads.detector import DetectionHead
+from ..data import detection_collate
+from ..metrics import MeanAveragePrecision, dataset_classes, metric_class_names
+
 
 # %% auto #0
 __all__ = ['batch_images', 'DetectionArchitecture']
@@ -38,6 +41,8 @@ def batch_images(images, # a (B, C, H, W) tensor or a list of (C, H, W) tensors
 class DetectionArchitecture(BaseArchitecture):
     "Backbone (features only) + `DetectionHead`: FCOS losses in training mode, `[{'boxes', 'scores', 'labels'}]` in eval."
     task = 'detection'
+    monitor = 'map'  # COCO mAP picks the best checkpoint
+    collate_fn = staticmethod(detection_collate)  # images stacked, targets kept as a list of dicts
     backbone_features_only = True
     default_head = 'detector'
 
@@ -54,3 +59,20 @@ class DetectionArchitecture(BaseArchitecture):
         images, sizes = batch_images(images, self.size_divisible, where=name)
         feats = self.forward_features(images)
         return self.head(feats, image_size=sizes, targets=targets if self.training else None)
+
+    # -- the task hooks (see `BaseArchitecture`) --
+    def training_loss(self, images, targets, config=None) -> torch.Tensor:
+        "The sum of the head's FCOS losses (classification, box regression, centre-ness)."
+        return sum(v.float() for v in self(images, targets).values())
+
+    def evaluation_step(self, images, targets) -> tuple[list[dict], torch.Tensor]:
+        "Decoded detections (on the CPU) and the summed losses of one batch, from one forward pass."
+        images, sizes = batch_images(images, self.size_divisible, where=type(self).__name__)
+        dense = self.head.forward_dense(self.forward_features(images))
+        preds = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in p.items()} for p in self.head.predict(dense, sizes)]
+        return preds, sum(v.float() for v in self.head.loss(dense, targets).values())
+
+    def metrics(self, dataset=None) -> MeanAveragePrecision:
+        "A fresh `MeanAveragePrecision`, named after `dataset.classes` when they fit the head's classes."
+        return MeanAveragePrecision(class_names=metric_class_names(dataset, self.num_classes))
+

@@ -10,6 +10,8 @@ import torch
 from ..config import ShapeError, check_shape
 from .base import BaseArchitecture, register_architecture
 from ..heads.segmenter import SegmentationHead
+from ..metrics import SegmentationMetrics, dataset_classes, metric_class_names
+
 
 # %% auto #0
 __all__ = ['stack_images', 'stack_masks', 'SegmentationArchitecture']
@@ -50,6 +52,7 @@ def stack_masks(targets, where:str='stack_masks') -> torch.Tensor:
 class SegmentationArchitecture(BaseArchitecture):
     "Backbone (features only) + `SegmentationHead`: losses in training mode, `{'out', 'labels'}` in eval mode."
     task = 'segmentation'
+    monitor = 'miou'  # mean IoU picks the best checkpoint
     backbone_features_only = True
     default_head = 'segmenter'
 
@@ -60,3 +63,20 @@ class SegmentationArchitecture(BaseArchitecture):
             raise ValueError(f'{name}: targets (masks (B, H, W) of class indices) are needed in training mode; call .eval() for predictions')
         masks = stack_masks(targets, where=f'{name} targets') if targets is not None and self.training else None
         return self.head(self.forward_features(images), image_size=images.shape[-2:], targets=masks)
+
+    # -- the task hooks (see `BaseArchitecture`) --
+    def training_loss(self, images, targets, config=None) -> torch.Tensor:
+        "The sum of the head's losses (cross-entropy, and Dice when weighted in)."
+        return sum(v.float() for v in self(images, targets).values())
+
+    def evaluation_step(self, images, targets) -> tuple[torch.Tensor, torch.Tensor]:
+        "Per-pixel logits `(B, K, H, W)` and the head's summed losses against the masks `targets`."
+        logits = self(images)['out'].float()
+        masks = stack_masks(targets, where=f'{type(self).__name__} targets')
+        return logits, sum(v.float() for v in self.head.losses(logits, masks).values())
+
+    def metrics(self, dataset=None) -> SegmentationMetrics:
+        "A fresh `SegmentationMetrics` over the head's classes: 'background' then `dataset.classes` when they fit; the head's `ignore_index`."
+        k = self.num_classes
+        return SegmentationMetrics(k, metric_class_names(dataset, k, background=True), ignore_index=self.head.config.ignore_index)
+

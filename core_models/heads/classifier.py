@@ -15,7 +15,7 @@ from ..backbones.base import FeatureInfo
 from .base import Head, register_head
 
 # %% auto #0
-__all__ = ['Pool', 'pool_features', 'ClassificationHead']
+__all__ = ['Pool', 'pool_features', 'ClassificationHead', 'MultiLabelHead']
 
 # %% ../../nbs/heads/01_classifier.ipynb #2a9a23b2
 Pool = Literal['auto', 'avg', 'max', 'avgmax', 'token']
@@ -95,3 +95,17 @@ class ClassificationHead(Head):
         if d['in_features'] is None and not isinstance(first, nn.LazyLinear):
             d['in_features'] = first.in_features // (2 if self.config.pool == 'avgmax' else 1)
         return d
+
+# %% ../../nbs/heads/01_classifier.ipynb #36662f4f
+@register_head(name='multilabel_classifier', aliases=('MultiLabelHead', 'multilabel'))
+class MultiLabelHead(ClassificationHead):
+    "A `ClassificationHead` for multi-label classification: one logit per label, `predict` gives independent sigmoid probabilities; max pooling by default."
+    task = 'multilabel'
+
+    @dataclass
+    class Config(ClassificationHead.Config):
+        pool: Pool = config_field('max', doc="'max' (default: a label is present if it shows anywhere), 'avg', 'avgmax', 'token' or 'auto'")
+
+    def predict(self, logits:torch.Tensor) -> torch.Tensor:
+        "Per-label probabilities `(B, K)` from the logits."
+        return logits.float().sigmoid()
