@@ -19,6 +19,11 @@ from ..metrics import MeanAveragePrecision, dataset_classes, metric_class_names
 __all__ = ['batch_images', 'DetectionArchitecture']
 
 # %% ../../nbs/architectures/03_detection.ipynb #9b2ea95a
+def _plain(t):
+    "`t` as a plain tensor (a torchvision `tv_tensors.Image` sheds its class); left alone while torch.export/compile trace it."
+    if type(t) is torch.Tensor or torch.compiler.is_compiling() or torch.compiler.is_exporting(): return t
+    return t.as_subclass(torch.Tensor)
+
 def batch_images(images, # a (B, C, H, W) tensor or a list of (C, H, W) tensors
                  size_divisible:int=32, # pad H and W up to multiples of this
                  where:str='batch_images', # the name errors report
@@ -26,14 +31,14 @@ def batch_images(images, # a (B, C, H, W) tensor or a list of (C, H, W) tensors
     "A zero-padded batch whose sides are multiples of `size_divisible`, and each image's size before padding."
     if isinstance(images, torch.Tensor):
         check_shape(images, ('B', 'C', 'H', 'W'), where=where)
-        images = list(images.as_subclass(torch.Tensor))
+        images = list(_plain(images))
     elif not isinstance(images, (list, tuple)) or not images:
         raise ShapeError(f'{where}: expected images as a tensor (B, C, H, W) or a non-empty list of (C, H, W) tensors, '
                          f'got {type(images).__name__}')
     for im in images: check_shape(im, ('C', 'H', 'W'), where=f'{where} (each image of the list)')
     sizes = [tuple(im.shape[-2:]) for im in images]
     H, W = (math.ceil(max(s[i] for s in sizes) / size_divisible) * size_divisible for i in (0, 1))
-    batch = torch.stack([F.pad(im.as_subclass(torch.Tensor), (0, W - im.shape[-1], 0, H - im.shape[-2])) for im in images])
+    batch = torch.stack([F.pad(_plain(im), (0, W - im.shape[-1], 0, H - im.shape[-2])) for im in images])
     return batch, sizes
 
 # %% ../../nbs/architectures/03_detection.ipynb #b19b61bb

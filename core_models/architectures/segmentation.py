@@ -17,7 +17,10 @@ from ..metrics import SegmentationMetrics, dataset_classes, metric_class_names
 __all__ = ['stack_images', 'stack_masks', 'SegmentationArchitecture']
 
 # %% ../../nbs/architectures/04_segmentation.ipynb #cbf24c39
-def _plain(t): return t.as_subclass(torch.Tensor) if isinstance(t, torch.Tensor) else t
+def _plain(t):
+    "`t` as a plain tensor (a torchvision `tv_tensors.Image` sheds its class); left alone while torch.export/compile trace it."
+    if not isinstance(t, torch.Tensor) or type(t) is torch.Tensor or torch.compiler.is_compiling() or torch.compiler.is_exporting(): return t
+    return t.as_subclass(torch.Tensor)
 
 def stack_images(images, where:str='stack_images') -> torch.Tensor:
     "A `(B, C, H, W)` batch from a batch tensor or a list of `(C, H, W)` images of one size."
