@@ -223,6 +223,7 @@ class LearnedPositionEmbedding(Configurable, nn.Module):
         "Add the embedding to `tokens` `(B, prefix + gh*gw, dim)`; `grid_size` (default: its own) is the tokens' grid."
         c, (gh, gw) = self.config, _pair(grid_size or self.grid)
         check_shape(tokens, ('B', c.num_prefix_tokens + gh * gw, c.dim), where=type(self).__name__)
+        if (gh, gw) == tuple(self.grid): return tokens + self.pos_embed  # its own grid: no resampling (and fx-traceable)
         return tokens + resample_position_embedding(self.pos_embed, (gh, gw), c.num_prefix_tokens, old_grid=self.grid)
 
 # %% ../../nbs/blocks/02_attention.ipynb #85b3e742
