@@ -42,6 +42,7 @@ class TrainConfig(ComponentConfig):
     schedule: Literal['onecycle', 'cosine', 'constant'] = config_field('onecycle', doc='learning-rate schedule, stepped every optimizer step')
     warmup_epochs: float = config_field(0, doc='linear warmup (cosine, constant); the rising phase of one-cycle (0: its default 30%)', ge=0)
     backbone_lr_mult: float = config_field(1.0, doc="the backbone's learning rate as a multiple of `lr`", gt=0)
+    layer_decay: float | None = config_field(None, doc="layer-wise LR decay: each backbone depth's rate x this per level below the head (None: off)", gt=0, le=1)
     label_smoothing: float = config_field(0.0, doc='label smoothing of the classification loss', ge=0, lt=1)
     precision: Literal['fp32', 'bf16', 'fp16'] = config_field('fp32', doc='autocast dtype (fp16 only on CUDA, with a GradScaler)')
     channels_last: bool = config_field(False, doc='NHWC memory format (faster convolutions on CPU with bf16, and on tensor cores)')
@@ -82,15 +83,16 @@ class TrainConfig(ComponentConfig):
         except ConfigError as e: raise (e.for_component('TrainConfig') if e.component == 'Train' else e) from None
 
 # %% ../nbs/06_training.ipynb #53701a64
-def default_param_groups(model:nn.Module, lr:float, weight_decay:float) -> list[dict]:
+def default_param_groups(model:nn.Module, lr:float, weight_decay:float, layer_decay:float|None=None) -> list[dict]:
     "The groups of a model without `param_groups`: the kit's one weight-decay rule (`weight_decay_groups`: norms, biases, tokens and `no_weight_decay()` names undecayed)."
-    return weight_decay_groups(model, lr, weight_decay)
+    return weight_decay_groups(model, lr, weight_decay, layer_decay=layer_decay)
 
 def build_optimizer(model:nn.Module, config:TrainConfig) -> torch.optim.Optimizer:
     "AdamW or SGD over `model.param_groups(...)` (or `default_param_groups`) as `config` says."
     c = config
-    if hasattr(model, 'param_groups'): groups = model.param_groups(c.lr, c.weight_decay, c.backbone_lr_mult)
-    else: groups = default_param_groups(model, c.lr, c.weight_decay)
+    extra = {} if c.layer_decay is None else {'layer_decay': c.layer_decay}  # a hand-written param_groups may not take it
+    if hasattr(model, 'param_groups'): groups = model.param_groups(c.lr, c.weight_decay, c.backbone_lr_mult, **extra)
+    else: groups = default_param_groups(model, c.lr, c.weight_decay, c.layer_decay)
     if c.optimizer == 'sgd': return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay)
     return torch.optim.AdamW(groups, lr=c.lr, weight_decay=c.weight_decay)
 

@@ -189,20 +189,36 @@ def no_weight_decay_names(model:nn.Module) -> set[str]:
 def _decays(name:str, p:torch.Tensor, skip:set[str]) -> bool:
     return p.ndim > 1 and not name.endswith(('pos_embed', 'cls_token')) and name not in skip
 
-def weight_decay_groups(model:nn.Module, lr:float, weight_decay:float=0.05, backbone_lr_mult:float=1.0) -> list[dict]:
-    "Optimizer groups by the kit's one rule: decay or not (see above); with a `backbone` attribute, backbone vs the rest (lr x `backbone_lr_mult`)."
+def _layer_scales(model:nn.Module, body, layer_decay:float|None) -> dict[int, tuple[int, float]]:
+    "id(parameter) -> (depth, lr scale) of the backbone's parameters for layer-wise LR decay (BEiT's, timm's `layer_decay`)."
+    if layer_decay is None: return {}
+    ids = getattr(body, 'layer_ids', None)
+    if not callable(ids):
+        raise ConfigError('TrainConfig', 'layer_decay', 'None for a model whose backbone has no `layer_ids()` (a core_models Backbone has)',
+                          layer_decay, hint=f'{type(model).__name__} has {"no backbone" if body is None else f"a {type(body).__name__} backbone"}')
+    depth = ids()
+    top = max(depth.values(), default=0)  # the deepest backbone level keeps lr x layer_decay; the head keeps lr
+    return {id(p): (depth[n], layer_decay ** (top + 1 - depth[n])) for n, p in body.named_parameters()}
+
+def weight_decay_groups(model:nn.Module, lr:float, weight_decay:float=0.05, backbone_lr_mult:float=1.0,
+                        layer_decay:float|None=None) -> list[dict]:
+    "Optimizer groups by the kit's one rule: decay or not (see above); with a `backbone`, backbone vs the rest (lr x `backbone_lr_mult`), each backbone depth's lr x `layer_decay`^(distance from the head)."
     body = getattr(model, 'backbone', None)
-    backbone = set(id(p) for p in body.parameters()) if isinstance(body, nn.Module) else None
+    body = body if isinstance(body, nn.Module) else None
+    backbone = set(id(p) for p in body.parameters()) if body is not None else None
+    layers = _layer_scales(model, body, layer_decay)
     skip, groups = no_weight_decay_names(model), {}
     for n, p in model.named_parameters():
         if not p.requires_grad: continue
         part = None if backbone is None else ('backbone' if id(p) in backbone else 'head')
         decay = _decays(n, p, skip)
-        if (part, decay) not in groups:
+        depth, scale = layers.get(id(p), (None, 1.0))
+        key = (part, decay, depth)
+        if key not in groups:
             name = ('decay' if decay else 'no_decay') if part is None else f"{part}{'' if decay else '_no_decay'}"
-            groups[part, decay] = dict(params=[], lr=lr * (backbone_lr_mult if part == 'backbone' else 1.0),
-                                       weight_decay=weight_decay if decay else 0.0, name=name)
-        groups[part, decay]['params'].append(p)
+            groups[key] = dict(params=[], lr=lr * scale * (backbone_lr_mult if part == 'backbone' else 1.0),
+                               weight_decay=weight_decay if decay else 0.0, name=name if depth is None else f'{name}.layer{depth}')
+        groups[key]['params'].append(p)
     return list(groups.values())
 
 # %% ../../nbs/architectures/00_base.ipynb #f3c57860
@@ -423,9 +439,9 @@ class BaseArchitecture(ClassificationTask, Configurable, nn.Module):
         "Whether the backbone's blocks are recomputed in the backward pass."
         return bool(getattr(getattr(self, 'backbone', None), 'grad_checkpointing', False))
 
-    def param_groups(self, lr:float, weight_decay:float=0.05, backbone_lr_mult:float=1.0) -> list[dict]:
-        "Optimizer parameter groups: backbone vs the rest (lr x `backbone_lr_mult`), by the kit's one weight-decay rule (`weight_decay_groups`)."
-        groups = weight_decay_groups(self, lr, weight_decay, backbone_lr_mult)
+    def param_groups(self, lr:float, weight_decay:float=0.05, backbone_lr_mult:float=1.0, layer_decay:float|None=None) -> list[dict]:
+        "Optimizer parameter groups: backbone vs the rest (lr x `backbone_lr_mult`, and x `layer_decay` a depth), by the kit's one weight-decay rule (`weight_decay_groups`)."
+        groups = weight_decay_groups(self, lr, weight_decay, backbone_lr_mult, layer_decay)
         if not hasattr(self, 'backbone'):  # a hand-written model: its parameters are all 'head'
             for g in groups: g['name'] = 'head' if g['name'] == 'decay' else 'head_no_decay'
         return groups
