@@ -76,4 +76,7 @@ def _warn_unused(model, parts:dict):
                       f"{name}.__init__ to build it from the name", stacklevel=3)
 
 def _is_vit(name) -> bool:
-    with torch.device('meta'): return isinstance(get_backbone_entry(name).builder(), VisionTransformer)
+    "Whether backbone `name` is a ViT: its entry's family class says so (a builder registered without one is built on meta)."
+    e = get_backbone_entry(name)
+    if e.cls is not None: return issubclass(e.cls, VisionTransformer)
+    with torch.device('meta'): return isinstance(e.builder(), VisionTransformer)

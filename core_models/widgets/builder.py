@@ -14,7 +14,7 @@ import yaml
 import ipywidgets as W
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
-from ..backbones import list_backbones, create_backbone
+from ..backbones import list_backbones, create_backbone, get_backbone_entry
 from ..backbones.base import Backbone
 from ..heads import list_heads, get_head_class
 from ..architectures import BaseArchitecture, get_architecture_class
@@ -39,6 +39,9 @@ def backbone_choices(all_backbones:bool=False) -> list[str]:
 # %% ../../nbs/widgets/00_builder.ipynb #7ea46797
 @lru_cache(maxsize=None)
 def _backbone_defaults(name:str) -> dict:
+    "The config of backbone `name`, from its registry entry (a builder registered without a family class is built on meta)."
+    e = get_backbone_entry(name)
+    if e.cls is not None: return e.config()
     with torch.device('meta'): return create_backbone(name).config.to_dict()
 
 def _round_to(x:float, k:int) -> int: return max(k, int(round(x / k)) * k)
