@@ -20,8 +20,8 @@ from ..settings import get_settings
 # %% auto #0
 __all__ = ['WEIGHTS_NAME', 'STATE_NAME', 'META_NAME', 'FORMAT', 'FORMAT_VERSION', 'KEYS_METADATA', 'CheckpointError',
            'sha256_file', 'to_jsonable', 'config_hash', 'rng_state', 'set_rng_state', 'CheckpointWriteError',
-           'git_info', 'save_checkpoint', 'read_meta', 'verify_checkpoint', 'Checkpoint', 'load_checkpoint',
-           'nonfinite_tensors', 'describe_nonfinite', 'CheckpointManager']
+           'write_atomic', 'run_git', 'git_toplevel', 'git_info', 'save_checkpoint', 'read_meta', 'verify_checkpoint',
+           'Checkpoint', 'load_checkpoint', 'nonfinite_tensors', 'describe_nonfinite', 'CheckpointManager']
 
 # %% ../../nbs/versioning/00_checkpoint.ipynb #9b474451
 WEIGHTS_NAME = 'model.safetensors'
@@ -49,7 +49,10 @@ def to_jsonable(obj, where:str='value'):
     if isinstance(obj, (list, tuple)): return [to_jsonable(v, f'{where}[{i}]') for i, v in enumerate(obj)]
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_jsonable(getattr(obj, f.name), f'{where}.{f.name}') for f in dataclasses.fields(obj)}
-    if isinstance(obj, (torch.Tensor, np.ndarray, np.generic)) and np.size(obj) == 1: return obj.item()
+    if isinstance(obj, (torch.Tensor, np.ndarray, np.generic)):
+        n = obj.numel() if isinstance(obj, torch.Tensor) else np.size(obj)  # np.size(tensor) is a bound method, not a count
+        if n == 1: return obj.item()
+        raise CheckpointError(f'{where}: a {type(obj).__name__} of shape {tuple(obj.shape)} cannot be written to meta.json; expected a number')
     if isinstance(obj, Path): return str(obj)
     if isinstance(obj, torch.dtype): return str(obj).removeprefix('torch.')
     if hasattr(obj, '__dict__') and not isinstance(obj, type) and not callable(obj):
@@ -129,6 +132,23 @@ def _fsync_path(p:Path, directory:bool=False):
     except OSError:
         if not directory: raise
     finally: os.close(fd)
+
+def write_atomic(path:Path|str, data:bytes|str) -> Path:
+    "Write `data` to `path` through a hidden temporary sibling, fsync and a rename: readers see the old file or the new one, never half."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}')
+    try:
+        with open(tmp, 'wb') as f:
+            f.write(data.encode() if isinstance(data, str) else data); f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno and not e.filename:  # ENOSPC & co. name no file: say which one
+            raise OSError(e.errno, f'{e.strerror} (while writing; {str(path)!r} is unchanged)', str(path)) from e
+        raise
+    _fsync_path(path.parent, directory=True)
+    return path
 
 def _pid_alive(pid:int) -> bool:
     if pid == os.getpid(): return True
@@ -219,13 +239,28 @@ def _versions() -> dict:
         except Exception: v[mod] = None
     return v
 
+def run_git(*args, cwd:Path|str|None=None, text:bool=True, timeout:float|None=None) -> subprocess.CompletedProcess:
+    "Run `git *args` in `cwd`, capturing its output; read-only commands take no optional lock (`GIT_OPTIONAL_LOCKS=0`)."
+    return subprocess.run(['git', *map(str, args)], cwd=cwd, capture_output=True, text=text, timeout=timeout,
+                          env={**os.environ, 'GIT_OPTIONAL_LOCKS': '0', 'GIT_TERMINAL_PROMPT': '0'})
+
+def git_toplevel(path:Path|str) -> Path|None:
+    "The root of the git work tree holding `path` (which may not exist yet), or None: not in git, git ignores `path`, or no git here."
+    path = p = Path(path)
+    while not p.exists(): p = p.parent
+    try:
+        r = run_git('rev-parse', '--show-toplevel', cwd=p if p.is_dir() else p.parent, timeout=20)
+        if r.returncode: return None
+        top = Path(r.stdout.strip()).resolve()
+        return None if run_git('check-ignore', '-q', path, cwd=top, timeout=20).returncode == 0 else top
+    except (OSError, subprocess.SubprocessError): return None
+
 def git_info(cwd:Path|str|None=None) -> dict|None:
     "`{'revision', 'dirty'}` of the git repo holding `cwd` (default: the working folder), or None outside git."
     try:
-        run = lambda *a: subprocess.run(['git', *a], cwd=cwd, capture_output=True, text=True, timeout=20)
-        rev = run('rev-parse', 'HEAD')
+        rev = run_git('rev-parse', 'HEAD', cwd=cwd, timeout=20)
         if rev.returncode: return None
-        status = run('status', '--porcelain', '--untracked-files=no')
+        status = run_git('status', '--porcelain', '--untracked-files=no', cwd=cwd, timeout=20)
         return {'revision': rev.stdout.strip(), 'dirty': bool(status.stdout.strip()) if status.returncode == 0 else None}
     except (OSError, subprocess.SubprocessError): return None
 
@@ -439,16 +474,7 @@ def load_checkpoint(path:Path|str, model:nn.Module|None=None, optimizer=None, sc
 _EPOCH_DIR = re.compile(r'^epoch_(\d+)$')
 
 def _write_json_atomic(f:Path, obj):
-    tmp = f.with_name(f'.{f.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}')
-    try:
-        with _writing(f, f):
-            tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + '\n')
-            _fsync_path(tmp)
-            os.replace(tmp, f)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_path(f.parent, directory=True)
+    with _writing(f, f): write_atomic(f, json.dumps(obj, indent=2, sort_keys=True) + '\n')
 
 def nonfinite_tensors(module:nn.Module) -> dict[str, int]:
     "The floating-point tensors of `module`'s state_dict that hold nan or inf, with how many such values each."

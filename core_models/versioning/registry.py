@@ -6,7 +6,7 @@ Docs: https://core-models.github.io/core-models/versioning/registry.html.md"""
 
 # %% ../../nbs/versioning/01_registry.ipynb #fe2ff088
 from __future__ import annotations
-import configparser, hashlib, importlib, inspect, json, os, re, secrets, shutil, subprocess, sys
+import configparser, contextlib, hashlib, importlib, inspect, json, math, os, re, secrets, shlex, shutil, subprocess, sys, time, warnings
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,12 +18,13 @@ import core_models
 from ..settings import get_settings
 from ..config import config_as_dict
 from ..architectures.base import BaseArchitecture, register_architecture, get_architecture_class, list_architectures, _same_class
-from .checkpoint import load_checkpoint, to_jsonable, git_info, CheckpointError
+from .checkpoint import (load_checkpoint, to_jsonable, git_info, CheckpointError, write_atomic, run_git,
+                                              git_toplevel, _fsync_path)
 
 # %% auto #0
 __all__ = ['RegistryError', 'parse_version', 'version_key', 'check_name', 'allow_module', 'resolve_class', 'class_path',
-           'build_model', 'lazy_keys', 'weights_bytes', 'sha256_bytes', 'ModelVersion', 'write_atomic', 'ModelRegistry',
-           'Comparison', 'register_model']
+           'build_model', 'lazy_keys', 'weights_bytes', 'sha256_bytes', 'DamagedRecordError', 'check_record',
+           'ModelVersion', 'ModelRegistry', 'RegistryWarning', 'Comparison', 'register_model']
 
 # %% ../../nbs/versioning/01_registry.ipynb #9390380c
 class RegistryError(ValueError):
@@ -83,10 +84,19 @@ def resolve_class(path:str) -> type:
         raise RegistryError(f"refusing model class {path!r}: module {module!r} is not on the allow-list "
                             f"({', '.join(sorted(_ALLOWED_MODULES))}), so nothing was imported; "
                             f"if you trust it, call allow_module({module.split('.')[0]!r}) first")
-    obj = importlib.import_module(module)
-    for part in qual.split('.'): obj = getattr(obj, part, None)
+    try: obj = importlib.import_module(module)
+    except ImportError as e: raise RegistryError(f"model class {path!r}: module {module!r} can't be imported ({e})") from None
+    for part in qual.split('.'):  # a class, or a class nested in one, defined in `module` itself: no walks into other modules
+        obj = vars(obj).get(part) if isinstance(obj, type) or inspect.ismodule(obj) else None
+        if inspect.ismodule(obj):
+            raise RegistryError(f"model class {path!r}: {part!r} in {module} is the module {obj.__name__!r}, not a class defined "
+                                f"in {module}; expected 'module:ClassName' naming the module where the class is defined")
+        if obj is None: raise RegistryError(f"model class {path!r}: {module} defines no class {qual!r}")
     if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
         raise RegistryError(f'model class {path!r} is not an nn.Module subclass (got {obj!r})')
+    if (obj.__module__, obj.__qualname__) != (module, qual):
+        raise RegistryError(f"model class {path!r}: {module} only imports it from {obj.__module__} ({obj.__qualname__}); "
+                            f"expected 'module:ClassName' naming the module where the class is defined")
     return obj
 
 # %% ../../nbs/versioning/01_registry.ipynb #c402562e
@@ -132,6 +142,41 @@ def sha256_bytes(data:bytes) -> str: return hashlib.sha256(data).hexdigest()
 # %% ../../nbs/versioning/01_registry.ipynb #96b3ab93
 _FORMAT = 'core_models.registry/1'
 _IMMUTABLE = ('model_class', 'config', 'weights')
+_WEIGHTS_FILE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*\.safetensors$')  # a plain name in the version's folder: no '/', no '..'
+_HEX64 = re.compile(r'^[0-9a-f]{64}$')
+
+class DamagedRecordError(RegistryError):
+    "A registry file that can't be read as what it should be: `file` names it, `reason` says what is wrong (and `name`, `version` whose it is)."
+    def __init__(self, file, reason:str, name:str|None=None, version:str|None=None):
+        self.file, self.reason, self.name, self.version, self.pending = str(file), reason, name, version, False
+        super().__init__(f'{file}: {reason}')
+
+def _is_int(v) -> bool: return isinstance(v, int) and not isinstance(v, bool)
+
+def check_record(d, where:str='meta.json', name:str|None=None, version:str|None=None):
+    "Refuse (`DamagedRecordError` naming `where` and the field) a `meta.json` record that is not what `register` writes."
+    bad = lambda field, expected, got: DamagedRecordError(where, f'{field}: expected {expected}, got {got!r}')
+    if not isinstance(d, dict): raise bad('the record', 'a JSON object', type(d).__name__)
+    if d.get('format') != _FORMAT: raise bad('format', repr(_FORMAT), d.get('format'))
+    for k in ('name', 'version', 'model_class'):
+        if not (isinstance(d.get(k), str) and d[k]): raise bad(k, 'a non-empty string', d.get(k, '<missing>'))
+    if name is not None and (d['name'], d['version']) != (name, version):
+        raise DamagedRecordError(where, f"records {d['name']} {d['version']}, but lies where {name} {version} belongs")
+    for k, types, what in (('config', (dict, type(None)), 'an object or null'), ('metrics', (dict, type(None)), 'an object'),
+                           ('environment', (dict, type(None)), 'an object'), ('description', (str, type(None)), 'a string'),
+                           ('created', (str, type(None)), 'a string'), ('git_rev', (str, type(None)), 'a string or null')):
+        if not isinstance(d.get(k), types): raise bad(k, what, d.get(k))
+    w = d.get('weights')
+    if w is None: return
+    if not isinstance(w, dict): raise bad('weights', 'an object or null', w)
+    if not (isinstance(w.get('file'), str) and _WEIGHTS_FILE.match(w['file'])):
+        raise bad('weights.file', "a file name inside the version's folder such as 'model.safetensors'", w.get('file', '<missing>'))
+    if not (isinstance(w.get('sha256'), str) and _HEX64.match(w['sha256'])):
+        raise bad('weights.sha256', 'a sha256 digest (64 hex digits)', w.get('sha256', '<missing>'))
+    for k in ('bytes', 'tensors', 'params'):
+        if not (_is_int(w.get(k)) and w[k] >= 0): raise bad(f'weights.{k}', 'an integer >= 0', w.get(k, '<missing>'))
+    if not (isinstance(w.get('lazy', []), list) and all(isinstance(k, str) for k in w.get('lazy', []))):
+        raise bad('weights.lazy', 'a list of tensor names', w.get('lazy'))
 
 @dataclass(frozen=True)
 class ModelVersion:
@@ -162,9 +207,9 @@ class ModelVersion:
         return {'format': _FORMAT, **{k: getattr(self, k) for k in keys}}
 
     @classmethod
-    def from_record(cls, d:dict, **labels) -> ModelVersion:
-        if not isinstance(d, dict) or d.get('format') != _FORMAT:
-            raise RegistryError(f"not a registry record (expected format {_FORMAT!r}, got {d.get('format') if isinstance(d, dict) else d!r})")
+    def from_record(cls, d:dict, where:str='meta.json', **labels) -> ModelVersion:
+        "The version a `meta.json` describes, every field checked (`where` names the file in the error)."
+        check_record(d, where)
         keys = ('name', 'version', 'model_class', 'config', 'weights', 'metrics', 'description', 'created', 'git_rev', 'environment')
         return cls(**{k: d.get(k) for k in keys if d.get(k) is not None}, **labels)
 
@@ -184,28 +229,11 @@ class ModelVersion:
         return head + '\n\n| | |\n|---|---|\n' + '\n'.join(f'| {k} | {v} |' for k, v in rows)
 
 # %% ../../nbs/versioning/01_registry.ipynb #35614c47
-def _fsync(p:Path, directory:bool=False):
-    try: fd = os.open(p, os.O_RDONLY | (getattr(os, 'O_DIRECTORY', 0) if directory else 0))
-    except OSError: return
-    try: os.fsync(fd)
-    except OSError: pass
-    finally: os.close(fd)
+_PENDING = '.registering'  # in a version's folder while its commit and tag are not done: the version is not visible
+_GIT_OP = '.git-op'  # in the registry folder while a writer runs git: what it left behind, if killed, is ours to clear
 
-def _dumps(obj) -> str: return json.dumps(obj, indent=2, sort_keys=True) + '\n'
+def _dumps(obj) -> str: return json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + '\n'
 
-def write_atomic(path:Path, data:bytes|str) -> Path:
-    "Write `data` to `path` through a temporary sibling and a rename: readers see the old or the new file, never half."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}')
-    try:
-        with open(tmp, 'wb') as f:
-            f.write(data.encode() if isinstance(data, str) else data); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True); raise
-    _fsync(path.parent, directory=True)
-    return path
 
 # %% ../../nbs/versioning/01_registry.ipynb #f2e7fd9c
 def _run(args:list, cwd:Path, what:str, text:bool=True):
@@ -214,17 +242,6 @@ def _run(args:list, cwd:Path, what:str, text:bool=True):
         err = r.stderr if text else r.stderr.decode(errors='replace')
         raise RegistryError(f"{what} failed ({' '.join(map(str, args[:4]))} ...): {err.strip() or r.stdout}")
     return r.stdout
-
-def _git_toplevel(path:Path) -> Path|None:
-    "The root of the git work tree holding `path` (which may not exist yet), unless git ignores `path`."
-    p = path
-    while not p.exists(): p = p.parent
-    try: r = subprocess.run(['git', 'rev-parse', '--show-toplevel'], cwd=p if p.is_dir() else p.parent, capture_output=True, text=True)
-    except OSError: return None  # no git on this machine
-    if r.returncode: return None
-    top = Path(r.stdout.strip()).resolve()
-    ignored = subprocess.run(['git', 'check-ignore', '-q', str(path)], cwd=top, capture_output=True)
-    return None if ignored.returncode == 0 else top
 
 def _dvc_default_remote(repo:Path) -> str|None:
     "The default remote named in `.dvc/config` or `.dvc/config.local` (DVC indents its INI, so strip first)."
@@ -236,12 +253,22 @@ def _dvc_default_remote(repo:Path) -> str|None:
         remote = cp.get('core', 'remote', fallback=remote)
     return remote
 
+
 # %% ../../nbs/versioning/01_registry.ipynb #fce6b2b4
 class ModelRegistry:
     "Named, semantically versioned models in a folder; git commits + GTO tags and DVC-tracked weights inside a repo."
     def __init__(self, root:Path|str|None=None, *, git:bool|None=None):
-        self.root = (Path(root).expanduser() if root is not None else get_settings().path('registry_path')).resolve()
-        top = _git_toplevel(self.root) if git is not False else None
+        if root is not None and not isinstance(root, (str, os.PathLike)):
+            raise RegistryError(f'ModelRegistry: root expected a folder path (str or Path), got {type(root).__name__} {root!r}')
+        given = Path(root).expanduser() if root is not None else get_settings().path('registry_path')
+        self.root = given.resolve()
+        for p in (self.root, *self.root.parents):  # the first part that exists must be a folder
+            if p.exists():
+                if not p.is_dir():
+                    raise RegistryError(f'ModelRegistry: root expected a folder (or a path where one can be made), got {str(given)!r}'
+                                        + (', which is a file' if p == self.root else f', inside the file {str(p)!r}'))
+                break
+        top = git_toplevel(self.root) if git is not False else None
         if git is True and top is None: raise RegistryError(f'git=True, but {str(self.root)!r} is not inside a git work tree (or git ignores it)')
         self.repo = top
         self.dvc = top is not None and (top/'.dvc').is_dir()
@@ -253,23 +280,57 @@ class ModelRegistry:
 
     def _vdir(self, name, version) -> Path: return self.root/name/version
     def _rel(self, p:Path) -> str: return p.relative_to(self.repo).as_posix()
-    def _git(self, *args, text=True): return _run(['git', *args], self.repo, 'git', text=text)
+    def _git(self, *args, text=True):
+        r = run_git(*args, cwd=self.repo, text=text)
+        if r.returncode:
+            err = r.stderr if text else r.stderr.decode(errors='replace')
+            raise RegistryError(f"git failed (git {' '.join(map(str, args[:3]))} ...): {err.strip() or r.stdout}")
+        return r.stdout
+    def _inside(self, p:Path) -> Path:
+        "`p` if it is inside the registry folder once links are followed, else a `RegistryError`: reads never leave the root."
+        real = p.resolve()
+        if real != self.root and self.root not in real.parents:
+            raise DamagedRecordError(p, f'resolves to {str(real)!r}, outside the registry folder {str(self.root)!r}; refusing to read it')
+        return p
     def _dvc_cli(self, *args): return _run([sys.executable, '-m', 'dvc', *args], self.repo, 'dvc')
 
 # %% ../../nbs/versioning/01_registry.ipynb #4f8de179
+def _no_labels() -> dict: return {'stages': {}, 'tags': {}, 'deprecated': []}
+
+def _check_labels(d, where:str) -> dict:
+    "The labels of a `labels.json`, each field checked, or a `DamagedRecordError` naming the file and the field."
+    if not isinstance(d, dict): raise DamagedRecordError(where, f'expected a JSON object of stages, tags and deprecated, got {type(d).__name__}')
+    st, tg, dp = d.get('stages', {}), d.get('tags', {}), d.get('deprecated', [])
+    semver = lambda v: isinstance(v, str) and bool(_SEMVER.match(v))
+    if not (isinstance(st, dict) and all(isinstance(k, str) and semver(v) for k, v in st.items())):
+        raise DamagedRecordError(where, f'stages: expected {{stage: version}}, got {st!r}')
+    if not (isinstance(tg, dict) and all(semver(k) and isinstance(v, list) and all(isinstance(t, str) for t in v) for k, v in tg.items())):
+        raise DamagedRecordError(where, f'tags: expected {{version: [tags]}}, got {tg!r}')
+    if not (isinstance(dp, list) and all(semver(v) for v in dp)): raise DamagedRecordError(where, f'deprecated: expected [versions], got {dp!r}')
+    return {'stages': dict(st), 'tags': {k: list(v) for k, v in tg.items()}, 'deprecated': list(dp)}
+
+@patch
+def _read_json(self:ModelRegistry, f:Path):
+    "The JSON in `f` (inside the registry folder), or a `DamagedRecordError` naming it."
+    self._inside(f)
+    try: return json.loads(f.read_text(encoding='utf-8'))
+    except ValueError as e: raise DamagedRecordError(f, f'not valid JSON ({type(e).__name__}: {e})') from None
+    except OSError as e: raise DamagedRecordError(f, f"can't be read ({e.strerror or e})") from None
+
 @patch
 def _labels(self:ModelRegistry, name:str) -> dict:
+    "The stages, tags and deprecations of `name` (a `DamagedRecordError` if its `labels.json` is damaged)."
     f = self.root/name/'labels.json'
-    try: d = json.loads(f.read_text()) if f.is_file() else {}
-    except ValueError as e: raise RegistryError(f'{str(f)!r} is not valid JSON ({e})') from None
-    return {'stages': dict(d.get('stages', {})), 'tags': {k: list(v) for k, v in d.get('tags', {}).items()},
-            'deprecated': list(d.get('deprecated', []))}
+    if not (f.is_file() or f.is_symlink()): return _no_labels()
+    try: return _check_labels(self._read_json(f), str(f))
+    except DamagedRecordError as e: e.name = name; raise
 
 @patch
 def _save_labels(self:ModelRegistry, name:str, labels:dict) -> Path:
     labels = {'stages': dict(sorted(labels['stages'].items())), 'deprecated': sorted(set(labels['deprecated']), key=version_key),
               'tags': {v: sorted(set(t)) for v, t in sorted(labels['tags'].items(), key=lambda kv: version_key(kv[0])) if t}}
     return write_atomic(self.root/name/'labels.json', _dumps(labels))
+
 
 # %% ../../nbs/versioning/01_registry.ipynb #ced0b040
 @patch
@@ -283,55 +344,102 @@ def _tag_versions(self:ModelRegistry, name:str|None=None) -> dict[str, list[str]
     return out
 
 @patch
-def _read_record(self:ModelRegistry, name:str, version:str) -> tuple[dict, str]|None:
+def _read_record(self:ModelRegistry, name:str, version:str) -> tuple[dict, str, str]|None:
+    "The raw record of `name` `version`, where it came from ('files' or its tag) and the file it was read from; None if absent."
     f = self._vdir(name, version)/'meta.json'
-    if f.is_file():
-        try: return json.loads(f.read_text()), 'files'
-        except ValueError as e: raise RegistryError(f'{str(f)!r} is not valid JSON ({e})') from None
+    if f.is_file() or f.is_symlink(): return self._read_json(f), 'files', str(f)
     if self.repo is not None:
-        tag = f'{name}@v{version}'
-        r = subprocess.run(['git', 'show', f'{tag}:{self._rel(f)}'], cwd=self.repo, capture_output=True, text=True)
+        tag, spec = f'{name}@v{version}', f'{name}@v{version}:{self._rel(f)}'
+        r = run_git('show', spec, cwd=self.repo)
         if r.returncode == 0:
-            try: return json.loads(r.stdout), tag
-            except ValueError as e: raise RegistryError(f'{tag}:{self._rel(f)} is not valid JSON ({e})') from None
+            try: return json.loads(r.stdout), tag, spec
+            except ValueError as e: raise DamagedRecordError(spec, f'not valid JSON ({e})') from None
     return None
 
 @patch
-def _version_names(self:ModelRegistry, name:str) -> list[str]:
+def _scan(self:ModelRegistry, name:str) -> tuple[list[ModelVersion], list[DamagedRecordError]]:
+    "The readable versions of `name`, and what could not be read (damaged files, interrupted registrations)."
+    check_name(name)
+    damaged = []
+    try: labels = self._labels(name)
+    except DamagedRecordError as e: damaged.append(e); labels = _no_labels()
+    tagged = set(self._tag_versions(name).get(name, []))
     d = self.root/name
-    local = [p.name for p in d.iterdir() if (p/'meta.json').is_file() and _SEMVER.match(p.name)] if d.is_dir() else []
-    return sorted(set(local) | set(self._tag_versions(name).get(name, [])), key=version_key)
+    local = {p.name for p in d.iterdir() if _SEMVER.match(p.name) and ((p/'meta.json').is_file() or (p/'meta.json').is_symlink())} if d.is_dir() else set()
+    out = []
+    for v in sorted(local | tagged, key=version_key):
+        if v not in tagged and (d/v/_PENDING).exists():
+            e = DamagedRecordError(d/v, 'an interrupted registration: its files are written, but it was never committed '
+                                   'and tagged, so it is not listed; register the same version again to finish it', name, v)
+            e.pending = True
+            damaged.append(e)
+            continue
+        try:
+            rec = self._read_record(name, v)
+            if rec is None: continue  # a tag whose commit holds no record under this registry's folder
+            check_record(rec[0], rec[2], name, v)
+            stages = tuple(s for s, sv in sorted(labels['stages'].items()) if sv == v)
+            out.append(ModelVersion.from_record(rec[0], rec[2], stages=stages, tags=tuple(labels['tags'].get(v, ())),
+                                                deprecated=v in labels['deprecated'], source=rec[1]))
+        except DamagedRecordError as e: e.name, e.version = name, v; damaged.append(e)
+    return out, damaged
+
+class RegistryWarning(UserWarning):
+    "Some registry files could not be read: the versions that could are shown; `ModelRegistry.damaged()` lists the rest."
+
+def _warn_damaged(damaged:list):
+    if damaged:
+        warnings.warn(RegistryWarning(f'{len(damaged)} registry record(s) left out: ' + '; '.join(str(e) for e in damaged)), stacklevel=3)
 
 @patch
 def versions(self:ModelRegistry, name:str) -> list[ModelVersion]:
-    "Every registered version of `name` (deprecated ones included), in semver order."
-    check_name(name)
-    labels, out = self._labels(name), []
-    for v in self._version_names(name):
-        rec = self._read_record(name, v)
-        if rec is None: continue  # a tag whose commit holds no record under this registry's folder
-        stages = tuple(s for s, sv in sorted(labels['stages'].items()) if sv == v)
-        out.append(ModelVersion.from_record(rec[0], stages=stages, tags=tuple(labels['tags'].get(v, ())),
-                                            deprecated=v in labels['deprecated'], source=rec[1]))
+    "Every readable version of `name` (deprecated ones included), in semver order; a `RegistryWarning` names those left out."
+    out, damaged = self._scan(name)
+    _warn_damaged(damaged)
     return out
 
 @patch
-def list(self:ModelRegistry) -> list[str]:
-    "The names of the registered models."
+def _names(self:ModelRegistry) -> list[str]:
     local = [p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name)] if self.root.is_dir() else []
-    return sorted(n for n in set(local) | set(self._tag_versions()) if any(self._read_record(n, v) for v in self._version_names(n)))
+    return sorted(set(local) | set(self._tag_versions()))
+
+@patch
+def damaged(self:ModelRegistry, name:str|None=None) -> list[DamagedRecordError]:
+    "What `versions`/`list` leave out (of `name`, default every model): each with `name`, `version`, `file` and `reason`."
+    return [e for n in ([check_name(name)] if name is not None else self._names()) for e in self._scan(n)[1]]
+
+@patch
+def list(self:ModelRegistry) -> list[str]:
+    "The names of the registered models: those with a readable version, or a damaged one (a `RegistryWarning` names it)."
+    names, left_out = [], []
+    for n in self._names():
+        out, damaged = self._scan(n)
+        left_out += damaged
+        if out or any(not e.pending for e in damaged): names.append(n)
+    _warn_damaged(left_out)
+    return names
+
 
 # %% ../../nbs/versioning/01_registry.ipynb #5566ad89
 @patch
 def get(self:ModelRegistry, name:str, version:str='latest') -> ModelVersion:
     "The `ModelVersion` of `name` at `version`: a semver, `'latest'`, a stage or a tag."
-    vs = self.versions(name)
-    if not vs: raise RegistryError(f"no model named {name!r} in {self}; registered: {', '.join(self.list()) or 'none'}")
+    if not isinstance(version, str): raise RegistryError(f"version: expected a semantic version, 'latest', a stage or a tag, got {version!r}")
+    vs, damaged = self._scan(name)
+    _warn_damaged(damaged)
+    also = f"; left out: {'; '.join(map(str, damaged))}" if damaged else ''
+    if _SEMVER.match(version):
+        for e in damaged:
+            if e.version == parse_version(version) and not any(mv.version == e.version for mv in vs):
+                raise RegistryError(f"{name} {e.version} can't be read: {e}")
+    if not vs:
+        if damaged: raise RegistryError(f'{name!r} has no readable version{also}')
+        raise RegistryError(f"no model named {name!r} in {self}; registered: {', '.join(self.list()) or 'none'}")
     live = [v for v in vs if not v.deprecated]
     if version == 'latest':
         if not live: raise RegistryError(f'every version of {name!r} is deprecated; ask for one by number')
         return live[-1]
-    if isinstance(version, str) and _SEMVER.match(version):
+    if _SEMVER.match(version):
         v = parse_version(version)
         for mv in vs:
             if mv.version == v: return mv
@@ -342,12 +450,26 @@ def get(self:ModelRegistry, name:str, version:str='latest') -> ModelVersion:
     if tagged: return tagged[-1]
     stages = sorted({s for mv in vs for s in mv.stages})
     raise RegistryError(f"{name!r} has no version, stage or tag {version!r}; versions: {', '.join(m.version for m in vs)}; "
-                        f"stages: {', '.join(stages) or 'none'}")
+                        f"stages: {', '.join(stages) or 'none'}{also}")
+
 
 # %% ../../nbs/versioning/01_registry.ipynb #f413bcc4
+def _nonfinite(obj, where:str) -> tuple[str, float]|None:
+    "The first place in `obj` (plain JSON types) holding nan or inf, as (`where.key[i]`, value), or None."
+    if isinstance(obj, float) and not math.isfinite(obj): return where, obj
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for k, v in items:
+        if (bad := _nonfinite(v, f'{where}[{k}]' if isinstance(obj, list) else f'{where}.{k}')): return bad
+    return None
+
 def _jsonable(obj, where):
-    try: return json.loads(json.dumps(to_jsonable(obj, where)))
+    "`obj` as standard JSON values, or a `RegistryError` naming the field: no nan/inf, which JSON has no spelling for."
+    try: obj = to_jsonable(obj, where)
     except CheckpointError as e: raise RegistryError(str(e)) from None
+    if (bad := _nonfinite(obj, where)):
+        raise RegistryError(f"{bad[0]}: expected a finite number, got {bad[1]}: JSON has no nan or inf, so the registry refuses it "
+                            "rather than write a file other tools can't read; pass None for 'no value'")
+    return json.loads(json.dumps(obj, allow_nan=False))
 
 def _flat(d, prefix='') -> dict:
     out = {}
@@ -416,6 +538,10 @@ def register(self:ModelRegistry, name:str, version:str, model, config=None, chec
     elif isinstance(model, nn.Module): cls, instance = type(model), model
     else: raise RegistryError(f'model: expected an nn.Module class, instance or registered architecture name, got {model!r}')
     cpath = class_path(cls)
+    if metrics is not None and not isinstance(metrics, dict):
+        raise RegistryError(f'metrics: expected a dict of names to numbers, got {type(metrics).__name__} {metrics!r}')
+    if description is not None and not isinstance(description, str):
+        raise RegistryError(f'description: expected a string, got {type(description).__name__} {description!r}')
     if checkpoint is not None:
         if instance is not None: raise RegistryError('give the weights once: a model instance or checkpoint=, not both')
         ck = load_checkpoint(checkpoint)  # verifies every digest before reading
@@ -443,19 +569,33 @@ def register(self:ModelRegistry, name:str, version:str, model, config=None, chec
                       created=datetime.now(timezone.utc).isoformat(timespec='seconds'), git_rev=rev and rev['revision'],
                       environment={'torch': torch.__version__, 'core_models': core_models.__version__})
     self.root.mkdir(parents=True, exist_ok=True)
-    with self._lock:
-        old = self._read_record(name, version)
+    vdir = self._vdir(name, version)
+    with self._lock, self._git_session():
+        try: old = self._read_record(name, version)
+        except DamagedRecordError as e:
+            raise RegistryError(f"{name} {version} exists, but its record is damaged ({e}); register another version, or remove "
+                                f"{str(vdir)!r} to register this one again") from None
+        tagged = self.repo is not None and bool(self._git('tag', '--list', mv.tag).strip())
+        unfinished = old is not None and old[1] == 'files' and self.repo is not None and not tagged
         if old is not None:
+            try: check_record(old[0], old[2], name, version)
+            except DamagedRecordError as e:
+                raise RegistryError(f"{name} {version} exists, but its record is damaged ({e}); register another version, or "
+                                    f"remove {str(vdir)!r} to register this one again") from None
             diff = _differences(old[0], mv.record())
-            if diff: raise RegistryError(f"{name} {version} is already registered with a different {'; '.join(diff)}; "
-                                         f"register it as a new version instead")
-            if self.repo is not None and old[1] == 'files' and not self._git('tag', '--list', mv.tag).strip():
-                done = ModelVersion.from_record(old[0])  # finish a registration interrupted before its commit and tag
-                self._publish(done, [self._vdir(name, version)/'meta.json'], done.weights is not None)
-            if tags: self._add_tags(name, version, tags)
-            return self.get(name, version)
-        self._write_version(mv, data)
-        files = [self._vdir(name, version)/'meta.json']
+            if diff and not (unfinished and (vdir/_PENDING).exists()):
+                raise RegistryError(f"{name} {version} is already registered with a different {'; '.join(diff)}; "
+                                    f"register it as a new version instead")
+            if not diff:
+                if tagged: (vdir/_PENDING).unlink(missing_ok=True)  # killed after its tag: finished already
+                if unfinished:  # finish a registration interrupted before its commit and tag
+                    done = ModelVersion.from_record(old[0], old[2])
+                    self._publish(done, [vdir/'meta.json'], done.weights is not None)
+                if tags: self._add_tags(name, version, tags)
+                return self.get(name, version)
+            print(f'registry: replacing the interrupted registration of {name} {version} (never committed and tagged)')
+        self._write_version(mv, data, pending=self.repo is not None)
+        files = [vdir/'meta.json']
         if tags:
             labels = self._labels(name)
             labels['tags'][version] = sorted(set(labels['tags'].get(version, [])) | set(tags))
@@ -464,8 +604,8 @@ def register(self:ModelRegistry, name:str, version:str, model, config=None, chec
     return self.get(name, version)
 
 @patch
-def _write_version(self:ModelRegistry, mv:ModelVersion, data:bytes|None):
-    "Stage the version's folder as a hidden sibling, fsync it, rename it into place."
+def _write_version(self:ModelRegistry, mv:ModelVersion, data:bytes|None, pending:bool=False):
+    "Stage the version's folder as a hidden sibling, fsync it, rename it into place (`pending`: marked unfinished until its git tag)."
     final = self._vdir(mv.name, mv.version)
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(f'.{mv.version}.tmp-*'): shutil.rmtree(stale, ignore_errors=True)  # a crashed writer's (we hold the lock)
@@ -473,19 +613,67 @@ def _write_version(self:ModelRegistry, mv:ModelVersion, data:bytes|None):
     tmp = final.with_name(f'.{mv.version}.tmp-{os.getpid()}-{secrets.token_hex(4)}')
     tmp.mkdir()
     try:
+        if pending: write_atomic(tmp/_PENDING, _dumps({'pid': os.getpid(), 'started': mv.created}))
         if data is not None: write_atomic(tmp/mv.weights['file'], data)
         write_atomic(tmp/'meta.json', _dumps(mv.record()))
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True); raise
-    _fsync(final.parent, directory=True)
+    _fsync_path(final.parent, directory=True)
 
 # %% ../../nbs/versioning/01_registry.ipynb #360cc44b
+@patch
+def _git_locks(self:ModelRegistry) -> list[Path]:
+    "The lock files git has in this repo now: `index.lock`, `HEAD.lock`, the temporary index of `commit --only`, ref locks."
+    if not hasattr(self, '_gitdirs'):
+        out = self._git('rev-parse', '--path-format=absolute', '--git-dir', '--git-common-dir').split('\n')
+        self._gitdirs = (Path(out[0]), Path(out[1]))
+    gd, common = self._gitdirs
+    found = {*gd.glob('*.lock'), *common.glob('*.lock'), *(common/'refs').rglob('*.lock')}
+    return sorted(p for p in found if p.is_file())
+
+_LOCK_SETTLE_S = 0.5  # a live git command holds its lock for milliseconds; a lock this old whose writer is dead is stale
+
+@patch
+def _recover_git(self:ModelRegistry):
+    "Holding the registry lock: clear the git locks a writer killed inside git left (ours), refuse any other with the command that clears it."
+    op = self.root/_GIT_OP
+    if op.exists():  # a writer died between its first git command and its last: it held our lock, so it is gone
+        try: who = json.loads(op.read_text()).get('pid', '?')
+        except (OSError, ValueError, AttributeError): who = '?'
+        since = op.stat().st_mtime - 1  # coarse file-system clocks
+        for lk in self._git_locks():
+            try: age = time.time() - lk.stat().st_mtime
+            except FileNotFoundError: continue
+            if lk.stat().st_mtime < since: continue  # older than that writer's git work: not ours
+            if age < _LOCK_SETTLE_S: time.sleep(_LOCK_SETTLE_S - age)
+            if lk.exists():
+                lk.unlink(missing_ok=True)
+                print(f'registry: removed {lk.relative_to(self.repo) if self.repo in lk.parents else lk}, left by a registry '
+                      f'writer (pid {who}) killed inside git')
+        op.unlink(missing_ok=True)
+    deadline = time.time() + 2
+    while (busy := [p for p in self._git_locks() if p.name in ('index.lock', 'HEAD.lock')]) and time.time() < deadline: time.sleep(0.05)
+    if busy:
+        raise RegistryError(f"git is busy in {str(self.repo)!r}: {str(busy[0])!r} exists, made by another git command, not by this "
+                            f"registry. If no git command is running there, remove it: rm {shlex.quote(str(busy[0]))}")
+
+@patch
+@contextlib.contextmanager
+def _git_session(self:ModelRegistry):
+    "Around a writer's git commands (registry lock held): recover first, then mark the registry so a kill inside git is recoverable."
+    if self.repo is None: yield; return
+    self._recover_git()
+    op = self.root/_GIT_OP
+    write_atomic(op, _dumps({'pid': os.getpid(), 'started': datetime.now(timezone.utc).isoformat()}))
+    yield  # an exception leaves the mark: what git left behind is cleared by the next writer
+    op.unlink(missing_ok=True)
+
 @patch
 def _commit(self:ModelRegistry, files:list[Path], message:str) -> str|None:
     "Commit exactly `files` (and the registry's `.gitignore`) with `git commit --only`; print and return the commit's sha."
     gi = self.root/'.gitignore'
-    if not gi.exists(): write_atomic(gi, '/.lock\n.*.tmp-*\n')
+    if not gi.exists(): write_atomic(gi, f'/.lock\n/{_GIT_OP}\n.*.tmp-*\n{_PENDING}\n')
     paths = [self._rel(f) for f in [*files, gi]]
     self._git('add', '--', *paths)
     changed = self._git('diff', '--cached', '--name-only', '--', *paths).split()
@@ -520,23 +708,27 @@ def _publish(self:ModelRegistry, mv:ModelVersion, files:list[Path], has_weights:
     self._commit(files, f'Register {mv.name} v{mv.version}')
     self._tagging(mv.tag, lambda: gto.api.register(str(self.repo), mv.name, 'HEAD', version=f'v{mv.version}',
                                                    message=f'Registering artifact {mv.name} version v{mv.version}'))
+    (vdir/_PENDING).unlink(missing_ok=True)  # committed and tagged: visible from now on
+    _fsync_path(vdir, directory=True)
 
 # %% ../../nbs/versioning/01_registry.ipynb #665e1b90
 @patch
 def _weights_bytes(self:ModelRegistry, mv:ModelVersion) -> tuple[bytes, str]:
     f = self._vdir(mv.name, mv.version)/mv.weights['file']
-    if mv.source == 'files' and f.is_file(): return f.read_bytes(), str(f)
+    if mv.source == 'files' and (f.is_file() or f.is_symlink()):
+        try: return self._inside(f).read_bytes(), str(f)
+        except DamagedRecordError as e: raise RegistryError(f'{mv.name} {mv.version}: its weights file {e}') from None
     if self.repo is None: raise RegistryError(f'{mv.name} {mv.version}: its weights file {str(f)!r} is missing')
     rel = self._rel(f)
     rev = mv.tag if self._git('tag', '--list', mv.tag).strip() else None
     spec = f'{rev}:{rel}' if rev else f':{rel}'
-    tracked_by_dvc = subprocess.run(['git', 'cat-file', '-e', spec + '.dvc'], cwd=self.repo, capture_output=True).returncode == 0
+    tracked_by_dvc = run_git('cat-file', '-e', spec + '.dvc', cwd=self.repo).returncode == 0
     if tracked_by_dvc:
         import dvc.api
         try:
             with dvc.api.open(rel, repo=str(self.repo), rev=rev, mode='rb') as fh: return fh.read(), f'{rel} at {rev or "HEAD"} (DVC)'
         except Exception as e: raise RegistryError(f"{mv.name} {mv.version}: DVC could not read {rel} at {rev or 'the work tree'}: {e}") from None
-    r = subprocess.run(['git', 'show', spec], cwd=self.repo, capture_output=True)
+    r = run_git('show', spec, cwd=self.repo, text=False)
     if r.returncode: raise RegistryError(f'{mv.name} {mv.version}: its weights are neither in {str(f)!r} nor in git at {rev or "HEAD"}')
     return r.stdout, f'{rel} at {rev or "HEAD"}'
 
@@ -554,7 +746,10 @@ def load(self:ModelRegistry, name:str, version:str='latest', *, device=None) -> 
         if got != mv.digest:
             raise RegistryError(f'{where}: sha256 {got[:16]}... ({len(data)} bytes) does not match the recorded '
                                 f'{mv.digest[:16]}... ({mv.weights["bytes"]} bytes): the file was altered or truncated')
-        try: missing, unexpected = model.load_state_dict(_st_load(data), strict=False)
+        try: sd = _st_load(data)
+        except Exception as e:  # safetensors' own error names no file
+            raise RegistryError(f'{where}: not a valid safetensors file ({type(e).__name__}: {e}); nothing was loaded') from None
+        try: missing, unexpected = model.load_state_dict(sd, strict=False)
         except RuntimeError as e: raise RegistryError(f'{name} {mv.version}: the weights do not fit {cls.__name__}: {e}') from None
         if unexpected or set(missing) != set(mv.weights.get('lazy', ())):
             raise RegistryError(f"{name} {mv.version}: the weights do not fit {cls.__name__}: missing "
@@ -565,7 +760,7 @@ def load(self:ModelRegistry, name:str, version:str='latest', *, device=None) -> 
 # %% ../../nbs/versioning/01_registry.ipynb #133c25bc
 @patch
 def _relabel(self:ModelRegistry, name:str, change, message:str) -> dict:
-    with self._lock:
+    with self._lock, self._git_session():
         labels = self._labels(name)
         change(labels)
         f = self._save_labels(name, labels)
@@ -627,15 +822,18 @@ def _fmt(v): return f'{v:.4g}' if isinstance(v, float) else ('-' if v is None el
 
 @patch
 def _repr_markdown_(self:ModelRegistry) -> str:
-    rows = [mv for n in self.list() for mv in self.versions(n)]
+    scans = [self._scan(n) for n in self._names()]
+    rows, damaged = [mv for out, _ in scans for mv in out], [e for _, bad in scans for e in bad]
     head = f'**ModelRegistry** `{self.root}` · ' + (f"git{' + DVC' if self.dvc else ''}" if self.repo else 'plain folder')
-    if not rows: return head + ' · no versions yet'
+    left_out = ('\n\n**left out** (`damaged()`):\n\n' + '\n'.join(f'- {e.name} {e.version or ""}: `{e.file}`: {e.reason}' for e in damaged)
+                if damaged else '')
+    if not rows: return head + ' · no versions yet' + left_out
     lines = ['| model | version | stages | tags | weights | metrics | registered |', '|---|---|---|---|---|---|---|']
     for mv in rows:
         mets = ', '.join(f'{k}={_fmt(v)}' for k, v in mv.metrics.items()) or '-'
         lines.append(f"| {mv.name} | {mv.version}{' (deprecated)' if mv.deprecated else ''} | {', '.join(mv.stages) or '-'} | "
                      f"{', '.join(mv.tags) or '-'} | {'`' + mv.digest[:8] + '`' if mv.digest else 'none'} | {mets} | {mv.created[:19]} |")
-    return head + '\n\n' + '\n'.join(lines)
+    return head + '\n\n' + '\n'.join(lines) + left_out
 
 class Comparison(dict):
     "{version: {field: value}} for the versions compared; shows itself as a table."
