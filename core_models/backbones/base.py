@@ -1,4 +1,4 @@
-"""What every backbone answers (`feature_info`, `forward_features`, `forward_head`), how backbones are built by name, and how weights are loaded.
+"""What every backbone answers: `feature_info`, `forward_features`, `forward_head`, `forward_intermediates`, `reset_classifier`, `pretrained_cfg` and the parameter groups.
 
 Docs: https://core-models.github.io/core-models/backbones/base.html.md"""
 
@@ -6,21 +6,16 @@ Docs: https://core-models.github.io/core-models/backbones/base.html.md"""
 
 # %% ../../nbs/backbones/00_base.ipynb #971a9053
 from __future__ import annotations
-import math, os, re, warnings
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
-import torch, torch.nn as nn, torch.nn.functional as F
+import re
+from dataclasses import dataclass
+from typing import Sequence
+import torch, torch.nn as nn
 from torch.utils.checkpoint import checkpoint
-from ..config import Configurable, ComponentConfig, config_field, ConfigError, check_shape, NameRegistry
-from ..blocks.conv import ConvBlock
+from ..config import Configurable, ComponentConfig, config_field, ConfigError
 from ..summary import summary, ModelSummary
 
 # %% auto #0
-__all__ = ['SIMPLE_CNN_VARIANTS', 'FeatureInfo', 'BackboneConfig', 'GradCheckpointing', 'Backbone', 'SimpleCNNConfig',
-           'SimpleCNN', 'Variant', 'build_variant', 'BackboneEntry', 'register_backbone', 'list_backbones',
-           'get_backbone_entry', 'simple_cnn', 'simple_cnn_deep', 'WeightsError', 'read_state_dict', 'adapt_input_conv',
-           'load_weights', 'create_backbone']
+__all__ = ['FeatureInfo', 'BackboneConfig', 'GradCheckpointing', 'Backbone']
 
 # %% ../../nbs/backbones/00_base.ipynb #0cf4dd94
 class FeatureInfo(list):
@@ -197,223 +192,7 @@ class Backbone(GradCheckpointing, Configurable, nn.Module):
         "Layer table (output shapes, parameters, FLOPs) for a batch of `input_size` (default: one image of `default_cfg['input_size']`)."
         return summary(self, input_size, **kwargs)
 
-# %% ../../nbs/backbones/00_base.ipynb #029ef047
-@dataclass
-class SimpleCNNConfig(BackboneConfig):
-    widths: tuple[int, ...] = config_field((32, 64, 128), doc='channels of each stage')
-    depths: tuple[int, ...] = config_field((1, 1, 1), doc='conv blocks in each stage')
-    stem_stride: int = config_field(1, doc='stride of the first conv', ge=1)
-    norm: Literal['batch', 'group', 'layer', 'none'] = config_field('batch', doc='normalisation of each conv')
-
-    def check(self):
-        if len(self.widths) != len(self.depths): raise self.error('depths', f'{len(self.widths)} values, one per width')
-
-class SimpleCNN(Backbone):
-    "A VGG-style stack of `ConvBlock` stages, each halving the resolution (stride 2 max-pool)."
-    Config = SimpleCNNConfig
-    default_cfg = {**Backbone.default_cfg, 'input_size': (3, 32, 32), 'first_conv': 'stem.conv', 'classifier': 'fc'}
-
-    def __init__(self, config=None, **overrides):
-        super().__init__()
-        c = self.configure(config, **overrides)
-        self.stem = ConvBlock(in_channels=c.in_chans, out_channels=c.widths[0], stride=c.stem_stride, norm=c.norm)
-        stages, chs, info, stride = [], c.widths[0], FeatureInfo(), c.stem_stride
-        for i, (w, d) in enumerate(zip(c.widths, c.depths)):
-            blocks = [ConvBlock(in_channels=chs if j == 0 else w, out_channels=w, norm=c.norm) for j in range(d)]
-            stages.append(nn.Sequential(*blocks, nn.MaxPool2d(2)))
-            chs, stride = w, stride * 2
-            info.append(dict(num_chs=w, reduction=stride, module=f'stages.{i}'))
-        self.stages, self.feature_info, self.num_features = nn.Sequential(*stages), info, chs
-        self.init_head()
-
-    def forward_stages(self, x):
-        check_shape(x, ('B', self.config.in_chans, 'H', 'W'), where=type(self).__name__)
-        x, out = self.stem(x), []
-        for stage in self.stages:
-            x = self.run_blocks(stage, x); out.append(x)
-        return out
-
-# %% ../../nbs/backbones/00_base.ipynb #8da19a09
-@dataclass
-class Variant:
-    "One variant of a family, as data: the arguments of the family's class (depths, widths, ratios) and the configuration of its weights (timm's `pretrained_cfg`, torchvision's weights `meta`)."
-    args: dict = field(default_factory=dict)
-    input_size: tuple[int, int, int] = (3, 224, 224)  # (C, H, W) the weights were trained at
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
-    interpolation: str = 'bilinear'  # resize mode of the evaluation transform
-    crop_pct: float = 0.875  # center crop / resize of the evaluation transform (224 of 256)
-    torchvision: str | None = None  # the torchvision model of the same architecture, whose weights load
-    num_params: int | None = None  # at 1000 classes (torchvision's `meta['num_params']`)
-
-    def cfg(self) -> dict:
-        "The `pretrained_cfg` entries of this variant."
-        return dict(input_size=tuple(self.input_size), mean=tuple(self.mean), std=tuple(self.std), interpolation=self.interpolation,
-                    crop_pct=self.crop_pct, torchvision=self.torchvision, num_params=self.num_params)
-
-def build_variant(cls:type[Backbone], variant:Variant, kwargs:dict) -> Backbone:
-    "`cls(variant.args, **kwargs)` with its `default_cfg` (= `pretrained_cfg`) from the variant, the input size following `in_chans`/`img_size`."
-    m = cls(variant.args, **kwargs)
-    cfg = {**cls.default_cfg, **variant.cfg()}
-    img = m.config.img_size
-    hw = cfg['input_size'][1:] if img is None else ((img, img) if isinstance(img, int) else tuple(img))
-    m.default_cfg = {**cfg, 'input_size': (m.config.in_chans, *hw)}
-    return m
-
-@dataclass
-class BackboneEntry:
-    "A registered backbone: its name, builder, family, aliases, torchvision twin, and (for a family's variant) its class and `Variant`."
-    name: str
-    builder: Callable[..., Backbone]
-    family: str = ''
-    aliases: tuple[str, ...] = ()
-    torchvision: str | None = None
-    cls: type | None = None  # the family's Backbone class
-    variant: Variant | None = None
-
-    def config(self) -> dict:
-        "The variant's full config (every field of its family's `Config`), without building a model."
-        if self.cls is None: raise ValueError(f'backbone {self.name!r} was registered without cls=: its config is only known by building it')
-        return self.cls.Config.resolve(self.variant.args if self.variant else {}).to_dict()
-
-    @property
-    def pretrained_cfg(self) -> dict:
-        "The model's `pretrained_cfg` at its default size, without building it."
-        return {**(self.cls.default_cfg if self.cls else Backbone.default_cfg), **(self.variant.cfg() if self.variant else {})}
-
-_BACKBONES = NameRegistry('backbone', n_close=4, lister='list_backbones')
-
-def _same_builder(a, b) -> bool:
-    "The same function, or one defined by the same code (a cell run again, or a module's function redefined in a notebook, its family class with it)."
-    if a is b: return True
-    ca, cb = getattr(a, '__code__', None), getattr(b, '__code__', None)
-    return (ca is not None and cb is not None and a.__qualname__ == b.__qualname__
-            and ca.co_code == cb.co_code and ca.co_consts == cb.co_consts and ca.co_names == cb.co_names)
-
-def register_backbone(fn:Callable|None=None, *, name:str|None=None, aliases:tuple=(), torchvision:str|None=None,
-                      family:str|None=None, cls:type|None=None, variant:Variant|None=None):
-    "Decorator: register a builder `fn(**overrides) -> Backbone` under `name` (default: the function's name); a family's variant also gives `cls` and `variant`."
-    def deco(fn):
-        n = name or fn.__name__
-        tv = torchvision or (variant.torchvision if variant else None)
-        entry = BackboneEntry(n, fn, family or fn.__module__.rsplit('.', 1)[-1], tuple(aliases), tv, cls, variant)
-        old = _BACKBONES.entries.get(n)
-        same = old is not None and _same_builder(old.builder, fn) and (old.aliases, old.torchvision, old.variant) == \
-               (entry.aliases, entry.torchvision, entry.variant) and getattr(old.cls, '__qualname__', None) == getattr(cls, '__qualname__', None)
-        if old is not None and not same:
-            warnings.warn(f'register_backbone: {n!r} was registered already; the new builder replaces it')
-        _BACKBONES.register(n, entry, aliases)
-        return fn
-    return deco(fn) if fn is not None else deco
-
-def list_backbones(pattern:str='*') -> list[str]:
-    "Sorted names of the registered backbones matching the glob `pattern` (e.g. `'resnet*'`)."
-    return _BACKBONES.names(pattern, aliases=False)
-
-def get_backbone_entry(name:str) -> BackboneEntry:
-    "The registry entry of `name` (or of the backbone it is an alias of)."
-    if not isinstance(name, str): raise TypeError(f'create_backbone: expected a backbone name (str), got {name!r}')
-    return _BACKBONES.get(name)
-
-# %% ../../nbs/backbones/00_base.ipynb #93297f7b
-SIMPLE_CNN_VARIANTS = {
-    'simple_cnn': Variant(dict(depths=(1, 1, 1)), input_size=(3, 32, 32), crop_pct=1.0),
-    'simple_cnn_deep': Variant(dict(depths=(2, 2, 2)), input_size=(3, 32, 32), crop_pct=1.0),
-}
-
-def _simple(name, kwargs): return build_variant(SimpleCNN, SIMPLE_CNN_VARIANTS[name], kwargs)
-
-@register_backbone(aliases=('cnn',), cls=SimpleCNN, variant=SIMPLE_CNN_VARIANTS['simple_cnn'])
-def simple_cnn(**kwargs):
-    "SimpleCNN with three stages of one ConvBlock (32, 64, 128 channels)."
-    return _simple('simple_cnn', kwargs)
-
-@register_backbone(family='simple_cnn', cls=SimpleCNN, variant=SIMPLE_CNN_VARIANTS['simple_cnn_deep'])
-def simple_cnn_deep(**kwargs):
-    "SimpleCNN with three stages of two ConvBlocks (32, 64, 128 channels)."
-    return _simple('simple_cnn_deep', kwargs)
-
-# %% ../../nbs/backbones/00_base.ipynb #a9f46d47
-class WeightsError(ValueError):
-    "Weights could not be found, read or matched to the model."
-
-def read_state_dict(weights, *, torchvision_name:str|None=None) -> dict:
-    "A state_dict from a dict, a `.pth`/`.pt`/`.safetensors` file, a checkpoint folder or `'torchvision'`."
-    if isinstance(weights, dict): return dict(weights)
-    if not isinstance(weights, (str, os.PathLike)):
-        raise WeightsError(f'weights: expected a state_dict (a dict of tensors), the path of a .pth/.pt/.safetensors file or of a '
-                           f'checkpoint folder, or "torchvision"; got {weights!r} ({type(weights).__name__})')
-    if weights == 'torchvision':
-        if torchvision_name is None: raise WeightsError('weights="torchvision": this backbone has no torchvision twin')
-        import torchvision
-        w = torchvision.models.get_model_weights(torchvision_name).DEFAULT
-        try: return w.get_state_dict(progress=False)
-        except OSError as e:
-            raise WeightsError(f'weights="torchvision": could not download {w.url} ({e}). Offline, download that file '
-                               f'elsewhere and pass its path: weights="path/to/{w.url.rsplit("/", 1)[-1]}"') from None
-    p = Path(weights).expanduser()
-    if p.is_dir():
-        if not (p/'model.safetensors').is_file(): raise WeightsError(f'weights folder {str(p)!r} holds no model.safetensors')
-        p = p/'model.safetensors'
-    if not p.is_file(): raise WeightsError(f'weights file {str(p)!r} does not exist')
-    if p.suffix == '.safetensors':
-        from safetensors.torch import load_file
-        try: return load_file(p)
-        except Exception as e: raise WeightsError(f'could not read weights from {str(p)!r}: not a valid safetensors file ({e})') from None
-    try: sd = torch.load(p, map_location='cpu', weights_only=True)
-    except Exception as e: raise WeightsError(f'could not read weights from {str(p)!r}: {e}') from None
-    for k in ('state_dict', 'model'):
-        if isinstance(sd, dict) and isinstance(sd.get(k), dict): sd = sd[k]
-    if not isinstance(sd, dict): raise WeightsError(f'{str(p)!r} holds a {type(sd).__name__}, not a state_dict')
-    return sd
-
-# %% ../../nbs/backbones/00_base.ipynb #230a21cc
-def adapt_input_conv(weight:torch.Tensor, in_chans:int) -> torch.Tensor:
-    "Stem conv `weight` (out, 3, kh, kw) adapted to `in_chans` input channels."
-    c = weight.shape[1]
-    if in_chans == c: return weight
-    if in_chans == 1: return weight.sum(1, keepdim=True)
-    reps = math.ceil(in_chans / c)
-    return weight.repeat(1, reps, 1, 1)[:, :in_chans] * (c / in_chans)
-
-# %% ../../nbs/backbones/00_base.ipynb #99693748
-def load_weights(model:Backbone, weights, *, torchvision_name:str|None=None, strict:bool=True):
-    "Load `weights` (see `read_state_dict`) into `model`, mapping keys, adapting the stem and dropping a mismatched classifier."
-    sd = read_state_dict(weights, torchvision_name=torchvision_name)
-    not_tensors = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
-    if not_tensors:
-        raise WeightsError(f'{type(model).__name__}: the weights expected a state_dict of tensors, got a '
-                           f'{type(sd[not_tensors[0]]).__name__} under `{not_tensors[0]}`')
-    sd = model.convert_state_dict(sd)
-    own = model.state_dict()
-    first = model.default_cfg.get('first_conv')
-    if first and f'{first}.weight' in sd and f'{first}.weight' in own:
-        sd[f'{first}.weight'] = adapt_input_conv(sd[f'{first}.weight'], own[f'{first}.weight'].shape[1])
-    clf = model.default_cfg.get('classifier')
-    for suffix in ('weight', 'bias'):
-        k = f'{clf}.{suffix}'
-        if k in sd and (k not in own or own[k].shape != sd[k].shape): del sd[k]
-    shapes = [f'`{k}`: weights {tuple(v.shape)}, model {tuple(own[k].shape)}' for k, v in sd.items()
-              if k in own and not nn.parameter.is_lazy(own[k]) and v.shape != own[k].shape]
-    if shapes:  # torch would refuse them with its "size mismatch" from deep inside load_state_dict
-        raise WeightsError(f'{type(model).__name__}: the weights do not fit the model: {len(shapes)} tensors have other shapes '
-                           f'({"; ".join(shapes[:3])}{"; ..." if len(shapes) > 3 else ""}); are they weights of another '
-                           'architecture or variant?')
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if not k.startswith(clf + '.')]
-    bad = [] if model.config.features_only else unexpected
-    if missing or (strict and bad):
-        raise WeightsError(f'{type(model).__name__}: the weights do not match the model: missing {missing[:5]}'
-                           f'{"..." if len(missing) > 5 else ""}, unexpected {bad[:5]}{"..." if len(bad) > 5 else ""}')
-    return model
-
-# %% ../../nbs/backbones/00_base.ipynb #a3aab303
-def create_backbone(name:str, *, num_classes:int=0, in_chans:int=3, features_only:bool=False, out_indices=None,
-                    weights=None, img_size=None, **overrides) -> Backbone:
-    "Build the registered backbone `name` (or alias), optionally loading `weights`."
-    entry = get_backbone_entry(name)
-    kw = dict(num_classes=num_classes, in_chans=in_chans, features_only=features_only, out_indices=out_indices, **overrides)
-    if img_size is not None: kw['img_size'] = img_size
-    model = entry.builder(**kw)
-    if weights is not None: load_weights(model, weights, torchvision_name=entry.torchvision)
-    return model
+# %% ../../nbs/backbones/00_base.ipynb #b0f01eaf
+from .simple import *  # noqa: E402 (they import the contract above)
+from .weights import *  # noqa: E402
+from .registry import *  # noqa: E402

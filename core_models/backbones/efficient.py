@@ -14,7 +14,8 @@ from torchvision.ops import StochasticDepth
 from fastcore.basics import patch
 from ..config import config_field, check_shape
 from ..blocks.conv import ConvBlock, MBConv, FusedMBConv, SqueezeExcite, make_divisible
-from .base import FeatureInfo, BackboneConfig, Backbone, register_backbone, Variant, build_variant
+from .base import FeatureInfo, BackboneConfig, Backbone
+from .registry import Variant, build_variant, register_backbone
 
 # %% auto #0
 __all__ = ['StageRow', 'EFFICIENTNET_B0_STAGES', 'EFFICIENTNET_V2_S_STAGES', 'EFFICIENTNET_V2_M_STAGES',

@@ -13,7 +13,8 @@ import torch, torch.nn as nn
 from ..config import config_field, check_shape
 from ..blocks.conv import ConvBlock
 from ..blocks.residual import BasicBlock, Bottleneck, torchvision_resnet_block_keys
-from .base import Backbone, BackboneConfig, FeatureInfo, Variant, build_variant, register_backbone
+from .base import Backbone, BackboneConfig, FeatureInfo
+from .registry import Variant, build_variant, register_backbone
 
 # %% auto #0
 __all__ = ['RESNET_VARIANTS', 'ResNetConfig', 'ResNet', 'torchvision_resnet_keys', 'resnet18', 'resnet34', 'resnet50',

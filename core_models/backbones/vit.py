@@ -14,7 +14,8 @@ from fastcore.basics import patch
 from ..config import config_field, check_shape, ShapeError
 from ..blocks.attention import (PatchEmbed, LearnedPositionEmbedding, AttentionBlock,
                                           resample_position_embedding, torchvision_encoder_block_keys)
-from .base import Backbone, BackboneConfig, FeatureInfo, register_backbone, create_backbone, list_backbones, Variant, build_variant
+from .base import Backbone, BackboneConfig, FeatureInfo
+from .registry import Variant, build_variant, register_backbone, create_backbone, list_backbones
 
 # %% auto #0
 __all__ = ['PYRAMID_STRIDES', 'VIT_VARIANTS', 'TORCHVISION_VIT_KEYS', 'ViTConfig', 'vit_feature_blocks', 'resample_to_stride',
