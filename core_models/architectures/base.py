@@ -114,10 +114,15 @@ def _backbone_name(b:Backbone) -> str:
     best = None
     for n in list_backbones():
         e = get_backbone_entry(n)
-        if e.family != fam: continue
-        with torch.device('meta'): m = e.builder()
-        if type(m) is not type(b): continue
-        d = sum(m.to_config().get(k) != v for k, v in mine.items())
+        if e.cls is not None:  # the entry knows its class and variant config: nothing to build
+            if e.cls is not type(b): continue
+            theirs = e.config()
+        else:
+            if e.family != fam: continue
+            with torch.device('meta'): m = e.builder()
+            if type(m) is not type(b): continue
+            theirs = m.to_config()
+        d = sum(theirs.get(k) != v for k, v in mine.items())
         if best is None or d < best[0]: best = (d, n)
     if best is None:
         raise TypeError(f'{type(b).__name__} is not a registered backbone family: register a builder with @register_backbone to describe it')
@@ -296,7 +301,9 @@ class BaseArchitecture(ClassificationTask, Configurable, nn.Module):
 
     @staticmethod
     def _has_field(backbone_name, field_name) -> bool:
-        "Whether the family of `backbone_name` declares `field_name` (checked on a meta-device build: no memory)."
+        "Whether the family of `backbone_name` declares `field_name`: read from its registry entry (a builder registered without its family class is built on meta)."
+        e = get_backbone_entry(backbone_name)
+        if e.cls is not None: return any(f.name == field_name for f in fields(e.cls.Config))
         with torch.device('meta'): m = create_backbone(backbone_name)
         return any(f.name == field_name for f in fields(m.config))
 
