@@ -108,12 +108,12 @@ SIMPLE_CNN_VARIANTS = {
 
 def _simple(name, kwargs): return build_variant(SimpleCNN, SIMPLE_CNN_VARIANTS[name], kwargs)
 
-@register_backbone(aliases=('cnn',), cls=SimpleCNN, variant=SIMPLE_CNN_VARIANTS['simple_cnn'])
+@register_backbone(aliases=('cnn',), family='simple', cls=SimpleCNN, variant=SIMPLE_CNN_VARIANTS['simple_cnn'])
 def simple_cnn(**kwargs):
     "SimpleCNN with three stages of one ConvBlock (32, 64, 128 channels)."
     return _simple('simple_cnn', kwargs)
 
-@register_backbone(family='simple_cnn', cls=SimpleCNN, variant=SIMPLE_CNN_VARIANTS['simple_cnn_deep'])
+@register_backbone(family='simple', cls=SimpleCNN, variant=SIMPLE_CNN_VARIANTS['simple_cnn_deep'])
 def simple_cnn_deep(**kwargs):
     "SimpleCNN with three stages of two ConvBlocks (32, 64, 128 channels)."
     return _simple('simple_cnn_deep', kwargs)
