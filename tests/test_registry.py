@@ -340,3 +340,29 @@ def test_register_in_git_commits_only_its_files_and_says_so(tmp_path, capsys):
     assert sh('git', 'rev-parse', '--short', 'HEAD', cwd=repo).strip() != head  # (the promote commit)
     assert 'registry/tiny/1.1.0/' in sh('git', 'status', '--porcelain', '--untracked-files=all', cwd=repo)  # written, not committed
     assert 'tiny@v1.1.0' not in sh('git', 'tag', cwd=repo).split()
+
+
+def test_a_refused_commit_leaves_nothing_visible_and_registering_again_finishes(tmp_path):
+    "A pre-commit hook that says no: the version's files are written, but until its commit and tag it is not listed."
+    repo = tmp_path/'repo'
+    repo.mkdir()
+    sh('git', 'init', '-q', '-b', 'main', cwd=repo)
+    sh('git', 'config', 'user.email', 'test@example.com', cwd=repo); sh('git', 'config', 'user.name', 'Test', cwd=repo)
+    (repo/'README.md').write_text('# project\n'); sh('git', 'add', 'README.md', cwd=repo); sh('git', 'commit', '-qm', 'init', cwd=repo)
+    reg = ModelRegistry(repo/'registry')
+    reg.register('tiny', '1.0.0', tiny(0))
+    hook = repo/'.git'/'hooks'/'pre-commit'
+    hook.write_text('#!/bin/sh\necho "no commits today" >&2\nexit 1\n'); hook.chmod(0o755)
+    with pytest.raises(RegistryError, match='no commits today'): reg.register('tiny', '1.1.0', tiny(1))
+    assert (reg.root/'tiny'/'1.1.0'/'meta.json').is_file() and (reg.root/'tiny'/'1.1.0'/'.registering').is_file()
+    with pytest.warns(Warning, match='interrupted registration'):
+        assert [mv.version for mv in reg.versions('tiny')] == ['1.0.0'] and reg.get('tiny').version == '1.0.0'
+    assert [(e.version, e.pending) for e in reg.damaged('tiny')] == [('1.1.0', True)]
+    with pytest.raises(RegistryError, match="tiny 1.1.0 can't be read: .*register the same version again"):
+        reg.load('tiny', '1.1.0')
+    hook.unlink()
+    mv = reg.register('tiny', '1.1.0', tiny(1))  # the same registration again: committed, tagged, visible
+    assert mv.version == '1.1.0' and reg.get('tiny').version == '1.1.0' and reg.damaged() == []
+    assert 'tiny@v1.1.0' in sh('git', 'tag', cwd=repo).split() and not (reg.root/'tiny'/'1.1.0'/'.registering').exists()
+    assert same_weights(reg.load('tiny'), tiny(1))
+    assert not (reg.root/'.git-op').exists() and sh('git', 'status', '--porcelain', '--', 'registry', cwd=repo) == ''

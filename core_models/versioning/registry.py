@@ -633,6 +633,7 @@ def _git_locks(self:ModelRegistry) -> list[Path]:
     return sorted(p for p in found if p.is_file())
 
 _LOCK_SETTLE_S = 0.5  # a live git command holds its lock for milliseconds; a lock this old whose writer is dead is stale
+_GIT_OP_MAX_S = 600  # a writer's git commands end within this long of its mark: a lock made later is someone else's
 
 @patch
 def _recover_git(self:ModelRegistry):
@@ -645,7 +646,7 @@ def _recover_git(self:ModelRegistry):
         for lk in self._git_locks():
             try: age = time.time() - lk.stat().st_mtime
             except FileNotFoundError: continue
-            if lk.stat().st_mtime < since: continue  # older than that writer's git work: not ours
+            if not since <= lk.stat().st_mtime <= since + _GIT_OP_MAX_S: continue  # not made during that writer's git work
             if age < _LOCK_SETTLE_S: time.sleep(_LOCK_SETTLE_S - age)
             if lk.exists():
                 lk.unlink(missing_ok=True)
@@ -666,8 +667,9 @@ def _git_session(self:ModelRegistry):
     self._recover_git()
     op = self.root/_GIT_OP
     write_atomic(op, _dumps({'pid': os.getpid(), 'started': datetime.now(timezone.utc).isoformat()}))
-    yield  # an exception leaves the mark: what git left behind is cleared by the next writer
-    op.unlink(missing_ok=True)
+    try: yield
+    except Exception: op.unlink(missing_ok=True); raise  # git failed and exited cleanly: it removed its own locks
+    op.unlink(missing_ok=True)  # (an interrupt or a kill leaves the mark: the next writer clears what git left)
 
 @patch
 def _commit(self:ModelRegistry, files:list[Path], message:str) -> str|None:
