@@ -224,7 +224,7 @@ def write_model_params(config:dict, path='params.yaml', section:str='model') -> 
     return p
 
 # %% ../../nbs/widgets/00_builder.ipynb #59e13f8c
-ARCHITECTURES = ('cnn', 'transformer', 'detection', 'segmentation')
+ARCHITECTURES = ('cnn', 'transformer', 'detection', 'segmentation', 'multilabel')
 
 def heads_for(architecture:str) -> list[str]:
     "Registered names of the heads whose task is `architecture`'s task, one per head class."
