@@ -617,8 +617,13 @@ def _write_version(self:ModelRegistry, mv:ModelVersion, data:bytes|None, pending
         if data is not None: write_atomic(tmp/mv.weights['file'], data)
         write_atomic(tmp/'meta.json', _dumps(mv.record()))
         os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno:  # a full disk, a quota, a read-only folder: say what and where, in one line
+            what = Path(e.filename).name if e.filename else 'its files'
+            raise OSError(e.errno, f'could not register {mv.name} {mv.version} in {str(self.root)!r}: {os.strerror(e.errno)} while '
+                          f'writing {what}; nothing of it was kept', str(final/what)) from None
+        raise
     _fsync_path(final.parent, directory=True)
 
 # %% ../../nbs/versioning/01_registry.ipynb #360cc44b

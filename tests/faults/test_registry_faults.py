@@ -515,3 +515,28 @@ if __name__ == '__main__':  # the tally
         counts[verdict] += 1
         if verdict != 'clear' or '-v' in sys.argv: print(f'{verdict:8} {c.id}: {why}')
     print(f'tried {len(CASES)} / clear {counts["clear"]} / unclear {counts["unclear"]} / silent {counts["silent"]}')
+
+
+FULL_DISK = r'''
+import json, os, resource, signal, sys
+import torch
+from core_models.blocks.conv import ConvBlock
+from core_models.versioning.registry import ModelRegistry
+reg = ModelRegistry(sys.argv[1])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead of killing the process
+resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))  # room for a meta.json, not for these weights
+try: reg.register('big', '1.0.0', ConvBlock(in_channels=64, out_channels=64))
+except OSError as e: print(json.dumps({'type': type(e).__name__, 'errno': e.errno, 'msg': str(e)}))
+'''
+
+def test_a_write_that_fails_names_the_file_and_leaves_nothing(tmp_path):
+    "A full disk (here: a file-size limit, the same error path without a mount) is one OSError naming version and file."
+    reg = registry(tmp_path)
+    (tmp_path/'full.py').write_text(FULL_DISK)
+    r = subprocess.run([sys.executable, str(tmp_path/'full.py'), str(reg.root)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got['errno'] == 27 and 'could not register big 1.0.0' in got['msg'] and 'model.safetensors' in got['msg'], got
+    assert 'nothing of it was kept' in got['msg']
+    assert not (reg.root/'big').exists() or not any((reg.root/'big').iterdir())  # no version, no temporaries
+    assert reg.list() == ['tiny'] and same_weights(reg.load('tiny'), tiny(0))
