@@ -93,3 +93,21 @@ def test_detection_exports_to_raw_head_outputs_and_decodes_in_python():
         full = m.head.forward_dense(m.forward_features(x))
         decoded = m.head.predict({**full, **got}, [(64, 64)])  # decode (threshold + NMS) stays the Python step
         assert max_abs_diff(decoded, m(x)) <= 1e-5
+
+
+def _blocks():
+    from core_models.blocks.conv import ConvBlock, MBConv, FusedMBConv, DepthwiseSeparableConv
+    from core_models.blocks.residual import BasicBlock, Bottleneck, DropPath
+    return [ConvBlock(in_channels=16, out_channels=8), MBConv(in_channels=16, out_channels=16, expand_ratio=4, drop_path=0.1),
+            FusedMBConv(in_channels=16, out_channels=24, expand_ratio=4, stride=2), DepthwiseSeparableConv(in_channels=16, out_channels=32),
+            BasicBlock(in_channels=16, out_channels=32, stride=2), Bottleneck(in_channels=16, out_channels=64, drop_path=0.1), DropPath(p=0.2)]
+
+
+@pytest.mark.filterwarnings('ignore::FutureWarning')  # torch 2.14 deprecates torch.jit.script (for torch.export/compile)
+@pytest.mark.parametrize('i', range(7))
+def test_conv_blocks_script(i):
+    "The blocks the convnet families are made of compile with torch.jit.script and match eager."
+    torch.manual_seed(0)
+    m = randomize_norms_(_blocks()[i]).eval()
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad(): assert max_abs_diff(torch.jit.script(m)(x), m(x)) <= 1e-5

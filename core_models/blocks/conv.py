@@ -88,7 +88,7 @@ class ConvBlock(Configurable, nn.Module):
         self.act = make_act(c.act, inplace=True)
 
     def forward(self, x):
-        check_shape(x, ('B', self.config.in_channels, 'H', 'W'), where=type(self).__name__)
+        if not torch.jit.is_scripting(): check_shape(x, ('B', self.config.in_channels, 'H', 'W'), where=type(self).__name__)
         return self.act(self.norm(self.conv(x)))
 
 # %% ../../nbs/blocks/00_conv.ipynb #dc1ad34c
@@ -136,7 +136,7 @@ class DepthwiseSeparableConv(Configurable, nn.Module):
         self.pointwise = ConvBlock(in_channels=c.in_channels, out_channels=c.out_channels, kernel_size=1, **norm)
 
     def forward(self, x):
-        check_shape(x, ('B', self.config.in_channels, 'H', 'W'), where=type(self).__name__)
+        if not torch.jit.is_scripting(): check_shape(x, ('B', self.config.in_channels, 'H', 'W'), where=type(self).__name__)
         return self.pointwise(self.depthwise(x))
 
 # %% ../../nbs/blocks/00_conv.ipynb #d36ebe03
@@ -161,7 +161,7 @@ class SqueezeExcite(Configurable, nn.Module):
         self.gate = make_act(c.gate)
 
     def forward(self, x):
-        check_shape(x, ('B', self.config.channels, 'H', 'W'), where=type(self).__name__)
+        if not torch.jit.is_scripting(): check_shape(x, ('B', self.config.channels, 'H', 'W'), where=type(self).__name__)
         return x * self.gate(self.fc2(self.activation(self.fc1(self.avgpool(x)))))
 
 # %% ../../nbs/blocks/00_conv.ipynb #e51ca8df
@@ -202,7 +202,7 @@ class MBConv(Configurable, nn.Module):
         self.drop_path = StochasticDepth(c.drop_path, 'row')
 
     def forward(self, x):
-        check_shape(x, ('B', self.config.in_channels, 'H', 'W'), where=type(self).__name__)
+        if not torch.jit.is_scripting(): check_shape(x, ('B', self.config.in_channels, 'H', 'W'), where=type(self).__name__)
         y = x if self.expand is None else self.expand(x)
         y = self.project(self.se(self.depthwise(y)))
         return x + self.drop_path(y) if self.use_residual else y
@@ -235,7 +235,7 @@ class FusedMBConv(Configurable, nn.Module):
         self.drop_path = StochasticDepth(c.drop_path, 'row')
 
     def forward(self, x):
-        check_shape(x, ('B', self.config.in_channels, 'H', 'W'), where=type(self).__name__)
+        if not torch.jit.is_scripting(): check_shape(x, ('B', self.config.in_channels, 'H', 'W'), where=type(self).__name__)
         y = self.fused(x)
         if self.project is not None: y = self.project(y)
         return x + self.drop_path(y) if self.use_residual else y

@@ -27,12 +27,13 @@ class DropPath(Configurable, nn.Module):
 
     def __init__(self, config=None, **overrides):
         super().__init__()
-        self.configure(config, **overrides)
+        c = self.configure(config, **overrides)
+        self.p, self.row = float(c.p), c.mode == 'row'  # plain attributes: what torch.jit.script can read
 
     def forward(self, x):
-        p = self.config.p
+        p = self.p
         if not self.training or p == 0.0: return x
-        size = [x.shape[0]] + [1] * (x.ndim - 1) if self.config.mode == 'row' else [1] * x.ndim
+        size = [x.shape[0]] + [1] * (x.ndim - 1) if self.row else [1] * x.ndim
         keep = torch.empty(size, dtype=x.dtype, device=x.device).bernoulli_(1 - p)
         return x * keep.div_(1 - p)
 
@@ -87,7 +88,7 @@ class BasicBlock(Configurable, nn.Module):
         if c.zero_init_last: _zero_init_(self.conv2)
 
     def forward(self, x):
-        check_shape(x, ('B', self.config.in_channels, 'H', 'W'), where=type(self).__name__)
+        if not torch.jit.is_scripting(): check_shape(x, ('B', self.config.in_channels, 'H', 'W'), where=type(self).__name__)
         return self.act(self.shortcut(x) + self.drop_path(self.conv2(self.conv1(x))))
 
 # %% ../../nbs/blocks/01_residual.ipynb #08736f14
@@ -113,7 +114,7 @@ class Bottleneck(Configurable, nn.Module):
         if c.zero_init_last: _zero_init_(self.conv3)
 
     def forward(self, x):
-        check_shape(x, ('B', self.config.in_channels, 'H', 'W'), where=type(self).__name__)
+        if not torch.jit.is_scripting(): check_shape(x, ('B', self.config.in_channels, 'H', 'W'), where=type(self).__name__)
         return self.act(self.shortcut(x) + self.drop_path(self.conv3(self.conv2(self.conv1(x)))))
 
 # %% ../../nbs/blocks/01_residual.ipynb #848e7359
