@@ -11,9 +11,9 @@ from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['PipelineError', 'load_params', 'section', 'prepare', 'model_from_params', 'datasets_from_params', 'train',
-           'load_model', 'plot_losses', 'evaluate', 'run_summary', 'format_table', 'find_artifact', 'check_releasable',
-           'dvc_project', 'release', 'raised_by_the_kit', 'error_message', 'main']
+__all__ = ['PIPELINE_DATA_KEYS', 'PipelineError', 'load_params', 'section', 'data_spec', 'prepare', 'model_from_params',
+           'datasets_from_params', 'train', 'load_model', 'plot_losses', 'evaluate', 'run_summary', 'format_table',
+           'find_artifact', 'check_releasable', 'dvc_project', 'release', 'raised_by_the_kit', 'error_message', 'main']
 
 # %% ../nbs/07_cli.ipynb #447e61c1
 class PipelineError(RuntimeError):
@@ -38,9 +38,26 @@ def section(params:dict, name:str) -> dict:
     return dict(params[name])
 
 # %% ../nbs/07_cli.ipynb #0aafb1a7
+PIPELINE_DATA_KEYS = ('name', 'task', 'augment', 'train_subset')  # `data:` keys the train stage reads, not the data reader
+
+def data_spec(params:dict) -> dict|None:
+    "The user's data the `data:` section names (`format`, `path`, ...), or None when it names the kit's own (no `format`)."
+    d = dict(params.get('data') or {})
+    if d.get('format') is None: return None
+    from core_models.data import DATA_FORMATS
+    if d['format'] not in DATA_FORMATS:
+        raise PipelineError(f"params data.format: expected one of {', '.join(map(repr, DATA_FORMATS))}, got {d['format']!r}")
+    if not d.get('path'): raise PipelineError("params data.path: expected the folder of your data, got nothing")
+    spec = {k: v for k, v in d.items() if k not in PIPELINE_DATA_KEYS}
+    spec['name'] = d.get('name') or Path(d['path']).name
+    m = params.get('model') or {}
+    if 'in_chans' not in spec and 'in_chans' in m: spec['in_chans'] = m['in_chans']
+    if 'num_classes' not in spec and 'num_classes' in m and d['format'] != 'imagefolder': spec['num_classes'] = m['num_classes']
+    return spec
+
 def prepare(params:dict, root:str|Path='.', only:str|None=None) -> list[Path]:
-    "Write the datasets of the `prepare:` section under `root/data`; `only` = 'digits' or a shapes task limits it."
-    from core_models.data import write_dataset
+    "Write the datasets of the `prepare:` section, and the user's data of the `data:` section, under `root/data`; `only` = 'digits', 'data' or a shapes task limits it."
+    from core_models.data import write_dataset, write_image_data
     p, data = section(params, 'prepare'), Path(root)/'data'
     out = []
     if only in (None, 'digits') and p.get('digits') is not None:
@@ -49,6 +66,10 @@ def prepare(params:dict, root:str|Path='.', only:str|None=None) -> list[Path]:
     tasks = shapes.pop('tasks', None) or []
     for task in tasks if only in (None, 'shapes') else ([only] if only in tasks else []):
         out.append(write_dataset('shapes', data, task=task, **shapes))
+    spec = data_spec(params)
+    if only in (None, 'data') and spec is not None:
+        spec['path'] = Path(root)/spec['path']
+        out.append(write_image_data(root=data, **spec))
     return out
 
 # %% ../nbs/07_cli.ipynb #7a4e4771
@@ -65,6 +86,10 @@ def datasets_from_params(params:dict, root:str|Path='.', splits=('train', 'val')
     from core_models.data import load_prepared, default_transforms
     d = section(params, 'data')
     name, task, subset = d.get('name', 'digits'), d.get('task', 'classification'), d.get('train_subset')
+    spec = data_spec(params)
+    if spec is not None:
+        from core_models.data import DATA_FORMATS
+        name, task = spec['name'], DATA_FORMATS[spec['format']][0]
     if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
         raise PipelineError(f'params data.train_subset: expected a whole number >= 1 or null (all images), got {subset!r}')
     out = []
@@ -85,6 +110,9 @@ def train(params:dict, out:str|Path='models/digits-cnn', live:str|Path|None='dvc
     from core_models.versioning.checkpoint import save_checkpoint
     root = Path(root)
     train_ds, val_ds = datasets_from_params(params, root)
+    if 'num_classes' not in (params.get('model') or {}):  # from the data: its classes (+ background for masks)
+        classes = getattr(train_ds, 'classes', [])
+        params = {**params, 'model': {**params['model'], 'num_classes': len(classes) + (train_ds.task == 'segmentation')}}
     model = model_from_params(params)
     live_dir = None if live is None else root/live
     cfg = TrainConfig.resolve(section(params, 'train'), live_dir=live_dir, checkpoint_dir=None)
@@ -251,7 +279,7 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument('--params', default='params.yaml', help='params file (default: params.yaml)')
         return s
     s = stage('prepare', 'write the datasets of the prepare: section into data/')
-    s.add_argument('--only', default=None, help="'digits', 'shapes' or a shapes task: write only that")
+    s.add_argument('--only', default=None, help="'digits', 'shapes', a shapes task, or 'data' (the data: section's own images): write only that")
     s = stage('train', 'train the model: section on the data: with the train: settings')
     s.add_argument('--out', default='models/digits-cnn', help='checkpoint folder to write')
     s.add_argument('--live', default='dvclive/train', help='dvclive folder for metrics and plots')

@@ -6,7 +6,7 @@ Docs: https://core-models.github.io/core-models/data.html.md"""
 
 # %% ../nbs/03_data.ipynb #d61e3c99
 from __future__ import annotations
-import colorsys, math
+import colorsys, contextlib, io, json, math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -20,11 +20,12 @@ from torchvision.transforms.v2 import functional as TF
 from .settings import get_settings
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'SPLITS', 'TASKS', 'SHAPE_CLASSES', 'SHAPES_SIZES', 'CLASS_COLORS', 'DATASETS', 'to_image',
-           'TaskDataset', 'Table', 'dataset_summary', 'class_counts', 'class_balance', 'stratified_split',
-           'DigitsDataset', 'Shape', 'Scene', 'make_scene', 'coverage', 'render', 'multi_hot', 'ShapesDataset',
-           'draw_item', 'show_samples', 'default_transforms', 'detection_collate', 'ImageFolderDataset', 'prepared_dir',
-           'write_dataset', 'PreparedDataset', 'load_prepared']
+__all__ = ['IGNORE_INDEX', 'SPLITS', 'TASKS', 'SHAPE_CLASSES', 'SHAPES_SIZES', 'CLASS_COLORS', 'IMAGE_EXTENSIONS', 'DATASETS',
+           'DATA_FORMATS', 'to_image', 'TaskDataset', 'Table', 'dataset_summary', 'class_counts', 'class_balance',
+           'stratified_split', 'DigitsDataset', 'Shape', 'Scene', 'make_scene', 'coverage', 'render', 'multi_hot',
+           'ShapesDataset', 'draw_item', 'show_samples', 'default_transforms', 'detection_collate', 'DataError',
+           'read_image', 'ImageFolderDataset', 'prepared_dir', 'write_dataset', 'PreparedDataset', 'load_prepared',
+           'CocoDataset', 'read_mask', 'open_image_data', 'write_image_data']
 
 # %% ../nbs/03_data.ipynb #aab3e690
 IGNORE_INDEX = 255  # segmentation pixels that no loss or metric counts (VOC's convention)
@@ -330,6 +331,25 @@ def detection_collate(batch:list) -> tuple[torch.Tensor, list[dict]]:
     if len(shapes) > 1: raise ValueError(f"detection_collate: expected images of one shape, got {sorted(shapes)}; resize them in the transform")
     return torch.stack([i.as_subclass(torch.Tensor) for i in images]), list(targets)
 
+# %% ../nbs/03_data.ipynb #0acc91eb
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
+
+class DataError(ValueError):
+    "Data on disk that the kit cannot use: the message names the file and the problem."
+
+def read_image(path:str|Path, in_chans:int=3) -> torch.Tensor:
+    "The image file `path` as a `(in_chans, H, W)` uint8 tensor, EXIF rotation applied, any mode converted."
+    from PIL import Image, ImageOps, UnidentifiedImageError
+    path = Path(path)
+    if not path.is_file(): raise DataError(f"{path}: no such image file")
+    if path.stat().st_size == 0: raise DataError(f"{path}: empty image file (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            return TF.pil_to_tensor(im.convert('L' if in_chans == 1 else 'RGB'))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
 # %% ../nbs/03_data.ipynb #44714a62
 class ImageFolderDataset(TaskDataset):
     "Any `root/<class>/<image>` folder as classification items `(Image (in_chans, H, W), int)`."
@@ -342,9 +362,7 @@ class ImageFolderDataset(TaskDataset):
         self.name, self.split, self.classes = root.name, None, self.folder.classes
         self.size, self.in_chans, self.transform = size, in_chans, transform
 
-    def _load(self, path) -> torch.Tensor:
-        from PIL import Image
-        with open(path, 'rb') as f: return TF.pil_to_tensor(Image.open(f).convert('L' if self.in_chans == 1 else 'RGB'))
+    def _load(self, path) -> torch.Tensor: return read_image(path, self.in_chans)
 
     def __len__(self): return len(self.folder)
     def labels(self, i): return [self.folder.targets[i]]
@@ -362,6 +380,21 @@ def prepared_dir(name:str, task:str='classification', root:str|Path|None=None) -
     "The folder `write_dataset` writes `name` for `task` into (default root: the `data_path` setting)."
     return _root(root) / f'{name}-{task}'
 
+def _save_split(out:Path, split:str, items:list, meta:dict):
+    task = meta['task']
+    data = {'meta': dict(meta, split=split, format=1),
+            'images': torch.stack([TF.to_dtype(x, torch.uint8, scale=True).as_subclass(torch.Tensor) for x, _ in items])}
+    if task == 'classification': data['labels'] = torch.tensor([t for _, t in items], dtype=torch.int64)
+    elif task == 'multilabel': data['labels'] = torch.stack([t for _, t in items]).to(torch.uint8)
+    elif task == 'segmentation': data['masks'] = torch.stack([t.as_subclass(torch.Tensor) for _, t in items]).to(torch.uint8)
+    else:
+        data['boxes'] = torch.cat([t['boxes'].as_subclass(torch.Tensor) for _, t in items]).reshape(-1, 4)
+        data['labels'] = torch.cat([t['labels'] for _, t in items])
+        data['counts'] = torch.tensor([len(t['labels']) for _, t in items], dtype=torch.int64)
+    tmp = out / f'.{split}.pt.tmp'
+    torch.save(data, tmp)
+    tmp.replace(out / f'{split}.pt')  # atomic: a crash leaves the previous file intact
+
 def write_dataset(name:str, root:str|Path|None=None, splits=SPLITS, **kwargs) -> Path:
     "Build dataset `name` (a key of `DATASETS`) with `kwargs` for each of `splits` and save it under `prepared_dir`."
     _check_choice('write_dataset', 'name', name, tuple(DATASETS))
@@ -370,19 +403,7 @@ def write_dataset(name:str, root:str|Path|None=None, splits=SPLITS, **kwargs) ->
     out.mkdir(parents=True, exist_ok=True)
     for split in splits:
         ds = DATASETS[name](split, **kwargs)
-        items = [ds.get(i) for i in range(len(ds))]
-        data = {'meta': dict(name=name, split=split, task=ds.task, classes=list(ds.classes), kwargs=kwargs, format=1),
-                'images': torch.stack([TF.to_dtype(x, torch.uint8, scale=True).as_subclass(torch.Tensor) for x, _ in items])}
-        if ds.task == 'classification': data['labels'] = torch.tensor([t for _, t in items], dtype=torch.int64)
-        elif ds.task == 'multilabel': data['labels'] = torch.stack([t for _, t in items]).to(torch.uint8)
-        elif ds.task == 'segmentation': data['masks'] = torch.stack([t.as_subclass(torch.Tensor) for _, t in items]).to(torch.uint8)
-        else:
-            data['boxes'] = torch.cat([t['boxes'].as_subclass(torch.Tensor) for _, t in items]).reshape(-1, 4)
-            data['labels'] = torch.cat([t['labels'] for _, t in items])
-            data['counts'] = torch.tensor([len(t['labels']) for _, t in items], dtype=torch.int64)
-        tmp = out / f'.{split}.pt.tmp'
-        torch.save(data, tmp)
-        tmp.replace(out / f'{split}.pt')  # atomic: a crash leaves the previous file intact
+        _save_split(out, split, [ds.get(i) for i in range(len(ds))], dict(name=name, task=ds.task, classes=list(ds.classes), kwargs=kwargs, hflip=ds.hflip))
     return out
 
 # %% ../nbs/03_data.ipynb #3e9b5092
@@ -394,7 +415,7 @@ class PreparedDataset(TaskDataset):
         self.data = torch.load(path, weights_only=True)
         self.meta, self.transform = self.data['meta'], transform
         self.name, self.split, self.task, self.classes = self.meta['name'], self.meta['split'], self.meta['task'], self.meta['classes']
-        self.hflip = DATASETS[self.name].hflip
+        self.hflip = self.meta.get('hflip', DATASETS[self.name].hflip if self.name in DATASETS else True)
         if self.task == 'detection': self.offsets = torch.cat([torch.zeros(1, dtype=torch.int64), self.data['counts'].cumsum(0)]).tolist()
 
     def __len__(self): return len(self.data['images'])
@@ -421,3 +442,168 @@ def load_prepared(name:str, split:str='train', root:str|Path|None=None, task:str
         raise FileNotFoundError(f"load_prepared: no prepared {name!r} {task} data at {str(path)!r}; "
                                 f"run the prepare stage (dvc repro prepare) or write_dataset({name!r}, ...) first")
     return PreparedDataset(path, transform)
+
+# %% ../nbs/03_data.ipynb #76a30d1c
+def _split_indices(n_or_labels, split:str, fractions, seed:int) -> np.ndarray:
+    labels = np.zeros(n_or_labels, np.int64) if isinstance(n_or_labels, int) else np.asarray(n_or_labels)
+    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6:
+        raise DataError(f"data: `fractions` expected three numbers (train, val, test) summing to 1, got {list(fractions)}")
+    return stratified_split(labels, tuple(fractions), seed)[SPLITS.index(split)]
+
+class _Indexed(TaskDataset):
+    "Items `indices` of a list of (path, target loader) pairs."
+    def __init__(self, name, split, task, classes, items:list, in_chans:int=3, transform=None):
+        self.name, self.split, self.task, self.classes, self.items = name, split, task, list(classes), items
+        self.in_chans, self.transform = in_chans, transform
+    def __len__(self): return len(self.items)
+    def labels(self, i):
+        path, target = self.items[i]
+        if self.task == 'classification': return [target]
+        return [c - 1 for c in target(path).unique().tolist() if 0 < c != IGNORE_INDEX]
+    def get(self, i):
+        path, target = self.items[i]
+        return to_image(read_image(path, self.in_chans)), target(path) if callable(target) else target
+
+def _image_files(folder:Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+def _imagefolder(root:Path, split, fractions, seed, in_chans, classes=None, num_classes=None):
+    from torchvision.datasets import ImageFolder
+    base = root/split if (root/'train').is_dir() else root
+    if (root/'train').is_dir() and not base.is_dir(): raise DataError(f"{base}: expected a {split}/ folder next to train/")
+    dirs = sorted(d for d in base.iterdir() if d.is_dir())
+    if not dirs: raise DataError(f"{base}: expected one folder per class, found none")
+    for d in dirs:
+        if not _image_files(d): raise DataError(f"{d}: class folder with no images (expected {', '.join(IMAGE_EXTENSIONS[:3])}, ...)")
+    folder = ImageFolder(base, loader=lambda p: p, allow_empty=True)
+    if classes is not None and list(classes) != folder.classes:
+        raise DataError(f"{base}: expected class folders {list(classes)} (data.classes), got {folder.classes}")
+    if num_classes is not None and len(folder.classes) > num_classes:
+        raise DataError(f"{base}: {len(folder.classes)} class folders, more than num_classes={num_classes}")
+    samples = folder.samples
+    for f, _ in samples: read_image(f, in_chans)  # every image of every split decodes
+    if base is root: samples = [samples[i] for i in _split_indices(folder.targets, split, fractions, seed)]
+    return _Indexed(root.name, split, 'classification', folder.classes, [(Path(p), t) for p, t in samples], in_chans)
+
+# %% ../nbs/03_data.ipynb #d18f9675
+def _coco(root:Path, split, fractions, seed, in_chans, annotations='annotations.json', images='images', num_classes=None):
+    from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
+    ann, img_dir = root/annotations, root/images
+    if not ann.is_file(): raise DataError(f"{ann}: no COCO annotation file")
+    try: spec = json.loads(ann.read_text())
+    except ValueError as e: raise DataError(f"{ann}: not valid JSON ({e})") from None
+    for key in ('images', 'annotations', 'categories'):
+        if not isinstance(spec.get(key), list): raise DataError(f"{ann}: expected a COCO `{key}` list")
+    cats = sorted(c['id'] for c in spec['categories'])
+    if num_classes is not None and len(cats) > num_classes:
+        raise DataError(f"{ann}: {len(cats)} categories, more than num_classes={num_classes}")
+    names = {c['id']: c.get('name', str(c['id'])) for c in spec['categories']}
+    imgs = {im['id']: im for im in spec['images']}
+    for a in spec['annotations']:
+        im = imgs.get(a.get('image_id'))
+        if im is None: raise DataError(f"{ann}: annotation {a.get('id')} points at image_id {a.get('image_id')!r}, which `images` does not list")
+        if a.get('category_id') not in names:
+            raise DataError(f"{ann}: annotation {a.get('id')} has category_id {a.get('category_id')!r}, not among the categories {cats}")
+    sizes = {}
+    for i, im in imgs.items():
+        f = img_dir/im['file_name']
+        if not f.is_file(): raise DataError(f"{ann}: image {im['file_name']!r} (id {i}) is missing from {img_dir}")
+        h, w = read_image(f).shape[-2:]
+        sizes[i] = (w, h)
+    for a in spec['annotations']:
+        x, y, bw, bh = a['bbox']
+        w, h = sizes[a['image_id']]
+        if x < 0 or y < 0 or bw <= 0 or bh <= 0 or x + bw > w + 0.5 or y + bh > h + 0.5:
+            raise DataError(f"{ann}: annotation {a.get('id')} box {a['bbox']} (x, y, width, height) lies outside its "
+                            f"image {imgs[a['image_id']]['file_name']!r} ({w}x{h})")
+    class _Coco(CocoDetection):
+        def _load_image(self, id): return tv_tensors.Image(read_image(Path(self.root)/self.coco.loadImgs(id)[0]['file_name'], in_chans))
+    with contextlib.redirect_stdout(io.StringIO()): coco = _Coco(img_dir, str(ann))  # pycocotools prints progress
+    wrapped = wrap_dataset_for_transforms_v2(coco, target_keys=('boxes', 'labels'))
+    lookup = {c: k for k, c in enumerate(cats)}
+    keep = _split_indices(len(coco), split, fractions, seed)
+    return CocoDataset(root.name, split, [names[c] for c in cats], wrapped, keep.tolist(), lookup)
+
+class CocoDataset(TaskDataset):
+    "Detection items of a COCO JSON (`CocoDetection` wrapped for v2): labels 0, 1, ... in category-id order."
+    task = 'detection'
+    def __init__(self, name, split, classes, wrapped, keep:list, lookup:dict, transform=None):
+        self.name, self.split, self.classes, self.wrapped, self.keep, self.lookup = name, split, classes, wrapped, keep, lookup
+        self.transform = transform
+    def __len__(self): return len(self.keep)
+    def get(self, i):
+        image, t = self.wrapped[self.keep[i]]
+        image = TF.to_dtype(image, torch.float32, scale=True)
+        boxes = t.get('boxes', tv_tensors.BoundingBoxes(torch.zeros(0, 4), format='XYXY', canvas_size=tuple(image.shape[-2:])))
+        labels = torch.tensor([self.lookup[int(c)] for c in t.get('labels', torch.zeros(0)).tolist()], dtype=torch.int64)
+        return image, {'boxes': boxes.to(torch.float32) if boxes.dtype != torch.float32 else boxes, 'labels': labels}
+
+# %% ../nbs/03_data.ipynb #c39d14ee
+def read_mask(path:Path) -> torch.Tensor:
+    "A PNG mask of class indices as an `(H, W)` int64 tensor (a palette PNG gives its indices, not its colours)."
+    from PIL import Image
+    if path.stat().st_size == 0: raise DataError(f"{path}: empty mask file (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ('P', 'L', 'I', 'I;16', '1'):
+                raise DataError(f"{path}: expected a single-channel or palette PNG of class indices, got mode {im.mode}")
+            return torch.from_numpy(np.array(im).astype(np.int64))
+    except (OSError, SyntaxError) as e: raise DataError(f"{path}: not a readable mask ({e})") from None
+
+def _masks(root:Path, split, fractions, seed, in_chans, images='images', masks='masks', classes=None, num_classes=None):
+    img_dir, mask_dir = root/images, root/masks
+    for d in (img_dir, mask_dir):
+        if not d.is_dir(): raise DataError(f"{d}: expected a folder (data.images / data.masks)")
+    files = _image_files(img_dir)
+    if not files: raise DataError(f"{img_dir}: no images")
+    pairs, top = [], 0
+    for f in files:
+        m = mask_dir/(f.stem + '.png')
+        if not m.is_file(): raise DataError(f"{f}: no mask {m.name} in {mask_dir}")
+        image, mask = read_image(f, in_chans), read_mask(m)
+        if tuple(mask.shape) != tuple(image.shape[-2:]):
+            raise DataError(f"{m}: mask is {mask.shape[1]}x{mask.shape[0]}, its image {f.name} is {image.shape[2]}x{image.shape[1]}")
+        values = mask[mask != IGNORE_INDEX]
+        v = int(values.max()) if values.numel() else 0
+        if num_classes is not None and v >= num_classes:
+            raise DataError(f"{m}: class index {v} is above num_classes={num_classes} (0 background, 1..{num_classes - 1} classes, 255 ignored)")
+        top = max(top, v); pairs.append((f, m))
+    if classes is None: classes = [f'class{c}' for c in range(1, (num_classes - 1 if num_classes else top) + 1)]
+    keep = _split_indices(len(pairs), split, fractions, seed)
+    mask_of = dict((f, m) for f, m in pairs)
+    items = [(pairs[i][0], lambda p: tv_tensors.Mask(read_mask(mask_of[p]))) for i in keep]
+    return _Indexed(root.name, split, 'segmentation', classes, items, in_chans)
+
+DATA_FORMATS = {'imagefolder': ('classification', _imagefolder), 'coco': ('detection', _coco), 'masks': ('segmentation', _masks)}
+
+def open_image_data(format:str, path:str|Path, split:str='train', fractions=(0.7, 0.15, 0.15), seed:int=0, in_chans:int=3, **options) -> TaskDataset:
+    "Split `split` of the user's data at `path` in `format` ('imagefolder', 'coco' or 'masks'), checked; raises `DataError`."
+    _check_choice('open_image_data', 'format', format, tuple(DATA_FORMATS))
+    _check_choice('open_image_data', 'split', split, SPLITS)
+    import inspect
+    known = list(inspect.signature(DATA_FORMATS[format][1]).parameters)[5:]
+    if unknown := sorted(set(options) - set(known)):
+        raise DataError(f"data: unknown option {unknown[0]!r} for format {format!r}; expected fractions, seed, in_chans, size, name or {', '.join(known)}")
+    path = Path(path)
+    if not path.is_dir(): raise DataError(f"{path}: no such data folder (data.path)")
+    ds = DATA_FORMATS[format][1](path, split, tuple(fractions), seed, in_chans, **options)
+    if len(ds) == 0: raise DataError(f"{path}: the {split} split is empty; add images or change `fractions`")
+    return ds
+
+# %% ../nbs/03_data.ipynb #c3a0b1fe
+def write_image_data(format:str, path:str|Path, root:str|Path|None=None, name:str|None=None, size:int=64, **options) -> Path:
+    "Check, resize to `size` and save the three splits of the user's data (see `open_image_data`) under `prepared_dir`; writes summary.json."
+    if not (isinstance(size, int) and size >= 8): raise DataError(f"data: `size` expected an int >= 8, got {size!r}")
+    parts = {s: open_image_data(format, path, s, **options) for s in SPLITS}
+    task, name = DATA_FORMATS[format][0], name or Path(path).name
+    out = prepared_dir(name, task, root)
+    out.mkdir(parents=True, exist_ok=True)
+    resize = v2.Resize((size, size), antialias=True)
+    summary = {'format': format, 'path': str(path), 'task': task, 'size': size, 'classes': parts['train'].classes, 'splits': {}}
+    for split, ds in parts.items():
+        items = [resize(*ds.get(i)) for i in range(len(ds))]
+        meta = dict(name=name, task=task, classes=list(ds.classes), kwargs=dict(format=format, size=size, **options), hflip=True)
+        _save_split(out, split, items, meta)
+        summary['splits'][split] = {'images': len(ds), 'per_class': class_counts(ds)}
+    (out/'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
+    return out
