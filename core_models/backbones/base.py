@@ -72,10 +72,13 @@ class GradCheckpointing:
 class Backbone(GradCheckpointing, Configurable, nn.Module):
     "Base of every backbone family: features, head, classifier reset, parameter groups and the `pretrained_cfg`."
     Config = BackboneConfig
-    default_cfg: dict = dict(input_size=(3, 224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                             interpolation='bilinear', crop_pct=0.875, first_conv='', classifier='fc')
-    global_pools: tuple[str, ...] = ('avg',)  # what `reset_classifier(global_pool=)` accepts
-    group_regex: tuple[str, str, str] = (r'^stem', r'^stages\.(\d+)\.(\d+)', r'^stages\.(\d+)')  # stem, blocks, coarse blocks
+    default_cfg = dict(input_size=(3, 224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                       interpolation='bilinear', crop_pct=0.875, first_conv='', classifier='fc')
+    global_pools = ('avg',)  # what `reset_classifier(global_pool=)` accepts
+    # torch.jit.script: `features_only` is a constant (one branch of `forward` is compiled), properties stay Python
+    __constants__ = ['features_only']
+    __jit_unused_properties__ = ['num_classes', 'pretrained_cfg', 'out_indices']
+    group_regex = (r'^stem', r'^stages\.(\d+)\.(\d+)', r'^stages\.(\d+)')  # stem, blocks, coarse blocks
     # set by each family's constructor: `feature_info` (a FeatureInfo of every level) and `num_features` (an int)
 
     def forward_stages(self, x) -> list[torch.Tensor]:
@@ -93,12 +96,14 @@ class Backbone(GradCheckpointing, Configurable, nn.Module):
     def forward_head(self, x, pre_logits:bool=False) -> torch.Tensor:
         "Pool, drop out and classify the output of `forward_features`."
         x = self.head_drop(x.mean((2, 3)))
-        return x if pre_logits else self.get_classifier()(x)
+        if pre_logits: return x
+        if torch.jit.is_scripting(): return self.fc(x)  # scripted, for the families whose classifier is `fc`
+        else: return self.get_classifier()(x)
 
     def forward(self, x):
-        if self.config.features_only:
+        if self.features_only:
             maps = self.forward_stages(x)
-            return [maps[i] for i in self.out_indices]
+            return [maps[i] for i in self.out_idx]
         return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(self, x, indices:int|Sequence[int]|None=None, intermediates_only:bool=False):
@@ -135,7 +140,8 @@ class Backbone(GradCheckpointing, Configurable, nn.Module):
         n = len(self.all_feature_info)
         if any(not -n <= i < n for i in (self.config.out_indices or ())):
             raise ConfigError(type(self).__name__, 'out_indices', f'indices of the {n} levels (-{n} to {n-1})', self.config.out_indices)
-        if self.config.features_only: self.feature_info = self.all_feature_info.select(self.out_indices)  # timm's: what is returned
+        self.features_only, self.out_idx = bool(self.config.features_only), list(self.out_indices)
+        if self.features_only: self.feature_info = self.all_feature_info.select(self.out_indices)  # timm's: what is returned
         self.head_drop = nn.Dropout(self.config.drop_rate)
         self.reset_classifier(self.config.num_classes)
 
