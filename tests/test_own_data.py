@@ -152,3 +152,43 @@ def test_malformed_data_fails_in_prepare(tmp_path, case):
     assert msg.startswith('core-models prepare: ') and problem in msg, msg
     assert str(path.relative_to(repo)) in msg or path.name in msg, msg  # names the file
     assert not (repo/'data'/'mydata-classification'/'train.pt').exists()
+
+
+DVC_YAML = """stages:
+  prepare:
+    cmd: core-models prepare --only data
+    deps: [mydata]
+    params: [data]
+    outs: [data/mydata-classification]
+  train:
+    cmd: core-models train --out models/mine --live dvclive/train
+    deps: [data/mydata-classification]
+    params: [data, model, train]
+    outs: [models/mine, dvclive/train]
+  evaluate:
+    cmd: core-models evaluate --model models/mine --out eval --live dvclive/train
+    deps: [models/mine, dvclive/train]
+    params: [data, evaluate]
+    outs: [eval]
+metrics: [eval/metrics.json]
+"""
+
+
+def test_dvc_repro_on_own_images(tmp_path):
+    "A user's pipeline on class folders with real git and DVC: the data folder is a dependency, so one changed image reruns prepare."
+    def sh(*args):
+        r = subprocess.run([str(a) for a in args], cwd=repo, env={**ENV, 'GIT_AUTHOR_NAME': 't', 'GIT_AUTHOR_EMAIL': 't@e.x',
+                           'GIT_COMMITTER_NAME': 't', 'GIT_COMMITTER_EMAIL': 't@e.x'}, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, f"{args} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+        return r.stdout
+    repo = project(tmp_path, 'imagefolder')
+    (repo/'dvc.yaml').write_text(DVC_YAML)
+    sh('git', 'init', '-q', '-b', 'main'); sh(BIN/'dvc', 'init', '-q')
+    sh('git', 'add', '-A'); sh('git', 'commit', '-q', '-m', 'own data')  # dvclive needs a commit to start from
+    sh(BIN/'dvc', 'repro')
+    sh('git', 'add', '-A'); sh('git', 'commit', '-q', '-m', 'trained')
+    assert json.loads((repo/'eval'/'metrics.json').read_text())['test']['accuracy'] > 0.5
+    assert json.loads(sh(BIN/'dvc', 'status', '--json') or '{}') == {}
+    Image.new('RGB', (30, 30), RED).save(repo/'mydata'/'red'/'0.jpg')  # one image changed
+    changed = json.loads(sh(BIN/'dvc', 'status', '--json'))
+    assert 'prepare' in changed and 'mydata' in json.dumps(changed['prepare']), changed
