@@ -14,7 +14,7 @@ import torch, torch.fx
 
 # %% auto #0
 __all__ = ['ConfigError', 'did_you_mean', 'config_field', 'type_name', 'check_type', 'config_as_dict', 'ComponentConfig',
-           'Configurable', 'ShapeError', 'check_shape', 'NameRegistry']
+           'Configurable', 'ShapeError', 'check_shape', 'check_dtype', 'NameRegistry']
 
 # %% ../nbs/01_config.ipynb #09258326
 _NOTHING = object()
@@ -210,6 +210,22 @@ def check_shape(x, *patterns, where:str) -> int:
     for i, p in enumerate(patterns):
         if x.ndim == len(p) and all(not isinstance(d, int) or d == s for d, s in zip(p, x.shape)): return i
     raise ShapeError(f'{where}: expected input of shape {" or ".join(map(_pattern, patterns))}, got {tuple(x.shape)}')
+
+# %% ../nbs/01_config.ipynb #0bc20840
+def _autocast_on(device_type:str) -> bool:
+    try: return torch.is_autocast_enabled(device_type)
+    except TypeError: return torch.is_autocast_enabled() if device_type == 'cuda' else torch.is_autocast_cpu_enabled()  # torch < 2.4
+
+def check_dtype(x, module:nn.Module, where:str) -> None:
+    "A `TypeError` unless `x` is floating point and, outside autocast, of the dtype of `module`'s weights."
+    if not isinstance(x, torch.Tensor) or isinstance(x, torch.fx.Proxy): return
+    w = next(module.parameters(), None)
+    if not x.is_floating_point():
+        hint = ' (pixels 0-255: x.float() / 255)' if x.dtype == torch.uint8 else ''
+        raise TypeError(f'{where}: expected a floating-point image tensor{hint}, got {x.dtype}')
+    if w is not None and w.is_floating_point() and x.dtype != w.dtype and not _autocast_on(x.device.type):
+        raise TypeError(f"{where}: expected {w.dtype} input like the model's weights, got {x.dtype} "
+                        f"(x.to({w.dtype}), or model.to({x.dtype}))")
 
 # %% ../nbs/01_config.ipynb #001d396e
 def _describe(obj) -> str:

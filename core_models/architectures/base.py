@@ -10,7 +10,7 @@ import dataclasses, functools, inspect, re, warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 import torch, torch.nn as nn, torch.nn.functional as F
-from ..config import Configurable, ComponentConfig, config_field, ConfigError, check_shape, config_as_dict, NameRegistry
+from ..config import Configurable, ComponentConfig, config_field, ConfigError, check_shape, check_dtype, config_as_dict, NameRegistry
 from ..summary import summary, ModelSummary
 from ..backbones.base import Backbone, FeatureInfo, create_backbone, get_backbone_entry, list_backbones
 from ..heads.base import Head, create_head, get_head_class
@@ -321,8 +321,9 @@ class BaseArchitecture(ClassificationTask, Configurable, nn.Module):
 
     # -- inputs and features --
     def check_input(self, x) -> torch.Tensor:
-        "`x` if it is a batch of images with `in_chans` channels, else a `ShapeError` naming both shapes."
+        "`x` if it is a batch of float images with `in_chans` channels; else a `ShapeError` naming both shapes, or a `TypeError` naming both dtypes."
         check_shape(x, ('B', self.config.in_chans, 'H', 'W'), where=type(self).__name__)
+        check_dtype(x, self, where=type(self).__name__)
         return x
 
     def forward_features(self, x):

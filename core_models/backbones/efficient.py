@@ -12,7 +12,7 @@ from typing import Literal, NamedTuple
 import torch, torch.nn as nn
 from torchvision.ops import StochasticDepth
 from fastcore.basics import patch
-from ..config import config_field, check_shape
+from ..config import config_field, check_shape, check_dtype
 from ..blocks.conv import ConvBlock, MBConv, FusedMBConv, SqueezeExcite, make_divisible
 from .base import FeatureInfo, BackboneConfig, Backbone
 from .registry import Variant, build_variant, register_backbone
@@ -138,6 +138,7 @@ class EfficientNet(Backbone):
 
     def forward_stages(self, x):
         check_shape(x, ('B', self.config.in_chans, 'H', 'W'), where=type(self).__name__)
+        check_dtype(x, self, where=type(self).__name__)
         x, out, levels = self.stem(x), [], {f['module'] for f in self.all_feature_info}
         for s, stage in enumerate(self.stages):
             x = self.run_blocks(stage, x)
@@ -151,6 +152,7 @@ class EfficientNet(Backbone):
     def forward_features(self, x):
         "The head conv's map (`num_features` channels, stride 32), before pooling."
         check_shape(x, ('B', self.config.in_chans, 'H', 'W'), where=type(self).__name__)
+        check_dtype(x, self, where=type(self).__name__)
         return self.conv_head(self.run_blocks(self.stages, self.stem(x)))
 
 # %% ../../nbs/backbones/03_efficient.ipynb #ca7b8be4

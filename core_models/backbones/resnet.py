@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 import re
 import torch, torch.nn as nn
-from ..config import config_field, check_shape
+from ..config import config_field, check_shape, check_dtype
 from ..blocks.conv import ConvBlock
 from ..blocks.residual import BasicBlock, Bottleneck, torchvision_resnet_block_keys
 from .base import Backbone, BackboneConfig, FeatureInfo
@@ -83,6 +83,7 @@ class ResNet(Backbone):
 
     def forward_stages(self, x):
         check_shape(x, ('B', self.config.in_chans, 'H', 'W'), where=type(self).__name__)
+        check_dtype(x, self, where=type(self).__name__)
         x, out = self.maxpool(self.stem(x)), []
         for stage in self.stages:
             x = self.run_blocks(stage, x); out.append(x)

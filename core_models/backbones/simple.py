@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 import torch, torch.nn as nn
-from ..config import config_field, check_shape
+from ..config import config_field, check_shape, check_dtype
 from ..blocks.conv import ConvBlock
 from .base import Backbone, BackboneConfig, FeatureInfo
 
@@ -47,6 +47,7 @@ class SimpleCNN(Backbone):
 
     def forward_stages(self, x):
         check_shape(x, ('B', self.config.in_chans, 'H', 'W'), where=type(self).__name__)
+        check_dtype(x, self, where=type(self).__name__)
         x, out = self.stem(x), []
         for stage in self.stages:
             x = self.run_blocks(stage, x); out.append(x)

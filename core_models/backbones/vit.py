@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 import torch, torch.nn as nn, torch.nn.functional as F
 from fastcore.basics import patch
-from ..config import config_field, check_shape, ShapeError
+from ..config import config_field, check_shape, check_dtype, ShapeError
 from ..blocks.attention import (PatchEmbed, LearnedPositionEmbedding, AttentionBlock,
                                           resample_position_embedding, torchvision_encoder_block_keys)
 from .base import Backbone, BackboneConfig, FeatureInfo
@@ -120,6 +120,7 @@ def embed(self:VisionTransformer, x:torch.Tensor) -> tuple[torch.Tensor, tuple[i
     if isinstance(x, torch.fx.Proxy): grid = self.grid_size  # fx traces without shapes: the graph is for img_size
     else:
         check_shape(x, ('B', c.in_chans, 'H', 'W'), where=name)
+        check_dtype(x, self, where=name)
         if x.shape[-2] % p or x.shape[-1] % p:
             raise ShapeError(f'{name}: expected input of shape (B, {c.in_chans}, H, W) with H and W multiples of '
                              f'patch_size={p}, got {tuple(x.shape)}')

@@ -352,6 +352,22 @@ def outcome(c:Case, tmp:Path) -> tuple[str, str]:
     return 'silent', 'accepted without an error'
 
 
+# -- image dtypes at the model's call (added with check_dtype) ----------------------------------------------------------
+
+def _call(model_fn, dtype):
+    def make(tmp:Path):
+        m = model_fn().eval()
+        return m(torch.zeros(1, 3, 32, 32, dtype=dtype))
+    return make
+
+for _name, _fn in (('cnn', lambda: create_model('cnn', backbone='simple_cnn', num_classes=3)),
+                   ('detection', lambda: create_model('detection', backbone='resnet18', num_classes=3)),
+                   ('backbone', lambda: create_backbone('resnet18'))):
+    add(f'forward/{_name}-uint8', _call(_fn, torch.uint8), TypeError, 'expected a floating-point image tensor', 'x.float() / 255', 'torch.uint8')
+    add(f'forward/{_name}-float64', _call(_fn, torch.float64), TypeError, 'expected torch.float32', 'got torch.float64')
+    add(f'forward/{_name}-int64', _call(_fn, torch.int64), TypeError, 'floating-point', 'torch.int64')
+
+
 @pytest.mark.parametrize('c', CASES, ids=[c.id for c in CASES])
 def test_bad_input_gives_one_clear_error(c, tmp_path):
     verdict, why = outcome(c, tmp_path)
@@ -398,3 +414,4 @@ if __name__ == '__main__':  # the tally, for the issue's note
         counts[verdict] += 1
         if verdict != 'clear' or '-v' in sys.argv: print(f'{verdict:8} {c.id}: {why}')
     print(f'tried {len(CASES)} / clear {counts["clear"]} / unclear {counts["unclear"]} / silent {counts["silent"]}')
+
