@@ -6,15 +6,14 @@ Docs: https://core-models.github.io/core-models/config.html.md"""
 
 # %% ../nbs/01_config.ipynb #60c43b86
 from __future__ import annotations
-import dataclasses, difflib, fnmatch, typing, types
+import dataclasses, difflib, typing, types
 from dataclasses import dataclass, field, fields, MISSING
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from collections.abc import Mapping
-import torch, torch.fx
 
 # %% auto #0
 __all__ = ['ConfigError', 'did_you_mean', 'config_field', 'type_name', 'check_type', 'config_as_dict', 'ComponentConfig',
-           'Configurable', 'ShapeError', 'check_shape', 'check_dtype', 'NameRegistry']
+           'Configurable']
 
 # %% ../nbs/01_config.ipynb #09258326
 _NOTHING = object()
@@ -196,99 +195,10 @@ class Configurable:
         "Build the component from a config (the output of `to_config`, or any shared config)."
         return cls(config, **overrides)
 
-# %% ../nbs/01_config.ipynb #62e9f6a1
-class ShapeError(ValueError):
-    "An input tensor has the wrong rank or size: names the component, the expected and the given shape."
+# %% ../nbs/01_config.ipynb #b90727c6
+_MOVED = {'ShapeError': 'checks', 'check_shape': 'checks', 'check_dtype': 'checks', 'NameRegistry': 'names'}
 
-def _pattern(p) -> str: return '(' + ', '.join(str(d) for d in p) + ')'
-
-def check_shape(x, *patterns, where:str) -> int:
-    "Index of the first pattern (ints must match, strs are free) that `x.shape` matches; `ShapeError` if none."
-    if isinstance(x, torch.fx.Proxy): return 0  # fx traces without shapes: nothing to check, the first layout is assumed
-    if not isinstance(x, torch.Tensor):
-        raise ShapeError(f'{where}: expected a torch.Tensor of shape {" or ".join(map(_pattern, patterns))}, got {_show(x)}')
-    for i, p in enumerate(patterns):
-        if x.ndim == len(p) and all(not isinstance(d, int) or d == s for d, s in zip(p, x.shape)): return i
-    raise ShapeError(f'{where}: expected input of shape {" or ".join(map(_pattern, patterns))}, got {tuple(x.shape)}')
-
-# %% ../nbs/01_config.ipynb #0bc20840
-def _autocast_on(device_type:str) -> bool:
-    try: return torch.is_autocast_enabled(device_type)
-    except TypeError: return torch.is_autocast_enabled() if device_type == 'cuda' else torch.is_autocast_cpu_enabled()  # torch < 2.4
-
-def check_dtype(x, module:nn.Module, where:str) -> None:
-    "A `TypeError` unless `x` is floating point and, outside autocast, of the dtype of `module`'s weights."
-    if not isinstance(x, torch.Tensor) or isinstance(x, torch.fx.Proxy): return
-    w = next(module.parameters(), None)
-    if not x.is_floating_point():
-        hint = ' (pixels 0-255: x.float() / 255)' if x.dtype == torch.uint8 else ''
-        raise TypeError(f'{where}: expected a floating-point image tensor{hint}, got {x.dtype}')
-    if w is not None and w.is_floating_point() and x.dtype != w.dtype and not _autocast_on(x.device.type):
-        raise TypeError(f"{where}: expected {w.dtype} input like the model's weights, got {x.dtype} "
-                        f"(x.to({w.dtype}), or model.to({x.dtype}))")
-
-# %% ../nbs/01_config.ipynb #001d396e
-def _describe(obj) -> str:
-    "A registered thing as a registry table shows it: a class or function by name and first doc line."
-    name = getattr(obj, '__qualname__', None)
-    if name is None: return _show(obj)
-    doc = (getattr(obj, '__doc__', None) or '').strip().split('\n')[0]
-    return f'`{name}`' + (f': {doc}' if doc else '')
-
-class NameRegistry:
-    "Things of one `kind` (backbone, head, ...) registered by name and aliases; an unknown name fails with the closest ones."
-    def __init__(self, kind:str, n_close:int=3, lister:str|None=None):
-        "`n_close`: how many close names an error suggests; `lister`: the function an error points to, instead of listing every name."
-        self.kind, self.n_close, self.lister = kind, n_close, lister
-        self.entries: dict[str, Any] = {}  # name -> thing
-        self.aliases: dict[str, str] = {}  # alias -> name
-
-    def register(self, name:str, obj, aliases:tuple=()):
-        "Add `obj` under `name` and `aliases`; returns `obj`. A name registered again is replaced (a notebook cell run twice)."
-        if not isinstance(name, str) or not name:
-            raise TypeError(f'register {self.kind}: expected a name (a non-empty str), got {_show(name)}')
-        self.entries[name] = obj
-        self.aliases.pop(name, None)  # a name outranks an alias spelled the same
-        for a in aliases:
-            if a != name: self.aliases[a] = name
-        return obj
-
-    def unregister(self, name:str):
-        "Remove `name` (a name, not an alias) and the aliases that point to it; returns what it named."
-        if name not in self.entries: raise self.unknown(name)
-        self.aliases = {a: n for a, n in self.aliases.items() if n != name}
-        return self.entries.pop(name)
-
-    def resolve(self, name:str) -> str:
-        "The registered name that `name` stands for: itself, or the name it is an alias of."
-        return self.aliases.get(name, name)
-
-    def names(self, pattern:str='*', aliases:bool=True) -> list[str]:
-        "Sorted names (and, with `aliases`, aliases) matching the glob `pattern`."
-        ns = {*self.entries, *self.aliases} if aliases else set(self.entries)
-        return sorted(n for n in ns if fnmatch.fnmatch(n, pattern))
-
-    def get(self, name:str):
-        "The thing registered as `name` (or aliased so); a `KeyError` naming the closest known names otherwise."
-        if not isinstance(name, str): raise TypeError(f'expected a {self.kind} name (str), got {_show(name)}')
-        key = self.resolve(name)
-        if key not in self.entries: raise self.unknown(name)
-        return self.entries[key]
-
-    def unknown(self, name:str) -> KeyError:
-        "The error for an unknown `name`: the closest known names, else every name (or the `lister` that shows them)."
-        close = difflib.get_close_matches(name, self.names(), n=self.n_close, cutoff=0.5)
-        if close: hint = 'closest: ' + ', '.join(close)
-        elif self.lister: hint = f'{self.lister}() shows the {len(self)} names'
-        else: hint = 'known: ' + ', '.join(self.names())
-        return KeyError(f'unknown {self.kind} {name!r}; {hint}')
-
-    def __contains__(self, name) -> bool: return isinstance(name, str) and self.resolve(name) in self.entries
-    def __iter__(self): return iter(self.entries)
-    def __len__(self) -> int: return len(self.entries)
-    def __repr__(self): return f'NameRegistry({self.kind!r}: {len(self)} names, {len(self.aliases)} aliases)'
-
-    def _repr_markdown_(self):
-        als = {n: [a for a, t in self.aliases.items() if t == n] for n in self.entries}
-        rows = [f"| `{n}` | {', '.join(f'`{a}`' for a in sorted(als[n]))} | {_describe(o)} |" for n, o in sorted(self.entries.items())]
-        return f'**{self.kind} registry**\n\n| name | aliases | registered |\n|---|---|---|\n' + '\n'.join(rows)
+def __getattr__(name):  # moved: ShapeError, check_shape, check_dtype -> core_models.checks; NameRegistry -> core_models.names
+    if name not in _MOVED: raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    import importlib
+    return getattr(importlib.import_module(f'core_models.{_MOVED[name]}'), name)
