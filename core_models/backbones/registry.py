@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
-from ..config import NameRegistry
+from ..names import NameRegistry
 from .base import Backbone
 from .simple import SimpleCNN
 from .weights import load_weights

@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops import StochasticDepth
-from ..config import Configurable, ComponentConfig, config_field, ConfigError, check_shape
+from ..config import Configurable, ComponentConfig, config_field, ConfigError
+from ..checks import check_shape
 
 # %% auto #0
 __all__ = ['Act', 'Norm', 'make_act', 'LayerNorm2d', 'make_norm2d', 'ConvBlock', 'load_state_dict_in_order',

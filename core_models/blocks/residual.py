@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Literal
 import torch
 import torch.nn as nn
-from ..config import Configurable, ComponentConfig, config_field, check_shape
+from ..config import Configurable, ComponentConfig, config_field
+from ..checks import check_shape
 from .conv import Act, Norm, ConvBlock, make_act
 
 # %% auto #0
