@@ -592,7 +592,7 @@ def open_image_data(format:str, path:str|Path, split:str='train', fractions=(0.7
 
 # %% ../nbs/03_data.ipynb #c3a0b1fe
 def write_image_data(format:str, path:str|Path, root:str|Path|None=None, name:str|None=None, size:int=64, **options) -> Path:
-    "Check, resize to `size` and save the three splits of the user's data (see `open_image_data`) under `prepared_dir`; writes summary.json."
+    "Check, resize to `size` and save the three splits of the user's data (see `open_image_data`) under `prepared_dir`; writes summary.json and samples.png."
     if not (isinstance(size, int) and size >= 8): raise DataError(f"data: `size` expected an int >= 8, got {size!r}")
     parts = {s: open_image_data(format, path, s, **options) for s in SPLITS}
     task, name = DATA_FORMATS[format][0], name or Path(path).name
@@ -606,4 +606,7 @@ def write_image_data(format:str, path:str|Path, root:str|Path|None=None, name:st
         _save_split(out, split, items, meta)
         summary['splits'][split] = {'images': len(ds), 'per_class': class_counts(ds)}
     (out/'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
+    import matplotlib.pyplot as plt
+    fig = show_samples(load_prepared(name, 'train', root, task=task), n=min(8, len(parts['train'])))
+    fig.savefig(out/'samples.png', dpi=80); plt.close(fig)  # a look at what the model will see, labels drawn
     return out

@@ -16,7 +16,7 @@ from conftest import ROOT
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PATH': f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 RED, BLUE = (220, 30, 30), (30, 30, 220)
-TRAIN = {'epochs': 2, 'batch_size': 8, 'lr': 0.01, 'device': 'cpu', 'seed': 0}
+TRAIN = {'epochs': 3, 'batch_size': 8, 'lr': 0.01, 'device': 'cpu', 'seed': 0}
 
 
 def cli(*args, cwd):
@@ -28,7 +28,7 @@ def noisy(size, rgb, rng):
     return np.clip(np.array(rgb) + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
 
 
-def class_folders(root:Path, n=12):
+def class_folders(root:Path, n=20):
     "Red and blue images of varying sizes and modes (RGB JPEG, grey PNG, RGBA PNG, CMYK JPEG) in class folders."
     rng = np.random.default_rng(0)
     for name, rgb in (('red', RED), ('blue', BLUE)):
@@ -103,8 +103,9 @@ def test_prepare_train_evaluate(tmp_path, format, task, metric):
     out = repo/'data'/f'mydata-{task}'
     summary = json.loads((out/'summary.json').read_text())
     assert summary['task'] == task and summary['classes'] in (['blue', 'red'], ['red', 'blue'], ['class1', 'class2'])
-    assert sum(s['images'] for s in summary['splits'].values()) == {'imagefolder': 24, 'coco': 16, 'masks': 16}[format]
+    assert sum(s['images'] for s in summary['splits'].values()) == {'imagefolder': 40, 'coco': 16, 'masks': 16}[format]
     assert all(s['images'] > 0 for s in summary['splits'].values())
+    assert (out/'samples.png').stat().st_size > 1000  # the grid of samples with their labels
     r = cli('train', '--out', 'models/mine', '--live', 'dvclive/train', cwd=repo)
     assert r.returncode == 0, r.stderr[-3000:]
     config = json.loads((repo/'models'/'mine'/'meta.json').read_text())['config']
