@@ -193,3 +193,17 @@ def test_dvc_repro_on_own_images(tmp_path):
     Image.new('RGB', (30, 30), RED).save(repo/'mydata'/'red'/'0.jpg')  # one image changed
     changed = json.loads(sh(BIN/'dvc', 'status', '--json'))
     assert 'prepare' in changed and 'mydata' in json.dumps(changed['prepare']), changed
+
+
+def test_split_folders_and_exif(tmp_path):
+    "`train/`, `val/` and `test/` folders are used as they are; a JPEG stored sideways with an EXIF rotation is read upright."
+    from core_models.data import write_image_data, load_prepared, read_image
+    for split, n in (('train', 6), ('val', 2), ('test', 3)): class_folders(tmp_path/'photos'/split, n)
+    exif = Image.Exif(); exif[0x0112] = 6  # Orientation: rotate 90 degrees
+    Image.new('RGB', (40, 20), RED).save(tmp_path/'photos'/'test'/'red'/'sideways.jpg', exif=exif)
+    assert tuple(read_image(tmp_path/'photos'/'test'/'red'/'sideways.jpg').shape) == (3, 40, 20)
+    out = write_image_data('imagefolder', tmp_path/'photos', tmp_path/'data', size=16)
+    summary = json.loads((out/'summary.json').read_text())
+    assert {s: v['images'] for s, v in summary['splits'].items()} == {'train': 12, 'val': 4, 'test': 7}
+    assert summary['splits']['test']['per_class'] == {'blue': 3, 'red': 4}
+    assert tuple(load_prepared('photos', 'test', tmp_path/'data')[0][0].shape) == (3, 16, 16)
