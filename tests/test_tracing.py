@@ -111,3 +111,18 @@ def test_conv_blocks_script(i):
     m = randomize_norms_(_blocks()[i]).eval()
     x = torch.randn(2, 16, 8, 8)
     with torch.no_grad(): assert max_abs_diff(torch.jit.script(m)(x), m(x)) <= 1e-5
+
+
+SCRIPTED = {'simple_cnn': {}, 'resnet18': {}, 'resnet50': {}, 'efficientnet_b0': {}}
+
+
+@pytest.mark.filterwarnings('ignore::FutureWarning')
+@pytest.mark.parametrize('name', SCRIPTED)
+def test_backbones_script(name):
+    "`torch.jit.script(create_backbone(name).eval())` compiles; logits and `features_only` maps equal eager."
+    x = x32()
+    with torch.no_grad():
+        for kw in (dict(num_classes=5), dict(features_only=True), dict(features_only=True, out_indices=(1, -1))):
+            torch.manual_seed(0)
+            m = randomize_norms_(create_backbone(name, **SCRIPTED[name], **kw)).eval()
+            assert max_abs_diff(torch.jit.script(m)(x), m(x)) <= 1e-5

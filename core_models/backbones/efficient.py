@@ -104,6 +104,7 @@ class EfficientNet(Backbone):
             stride *= r.stride
             if s == len(rows) - 1 or rows[s + 1].stride == 2: info.append(dict(num_chs=r.out_chs, reduction=stride, module=f'stages.{s}'))
         self.stages, self.feature_info = nn.Sequential(*stages), info
+        self.level_stages = [int(f['module'].split('.')[1]) for f in info]  # the stages whose output is a level: a list TorchScript reads
         self.num_features = c.last_channels or 4 * rows[-1].out_chs
         self.conv_head = ConvBlock(in_channels=rows[-1].out_chs, out_channels=self.num_features, kernel_size=1, act='silu', **bn)
         self.init_head()
@@ -137,12 +138,14 @@ class EfficientNet(Backbone):
         if num_classes > 0: self._init_linear(self.get_classifier())
 
     def forward_stages(self, x):
-        check_shape(x, ('B', self.config.in_chans, 'H', 'W'), where=type(self).__name__)
-        check_dtype(x, self, where=type(self).__name__)
-        x, out, levels = self.stem(x), [], {f['module'] for f in self.all_feature_info}
+        if not torch.jit.is_scripting():  # the checks read the Python config: eager only
+            check_shape(x, ('B', self.config.in_chans, 'H', 'W'), where=type(self).__name__)
+            check_dtype(x, self, where=type(self).__name__)
+        x, out = self.stem(x), []
         for s, stage in enumerate(self.stages):
-            x = self.run_blocks(stage, x)
-            if f'stages.{s}' in levels: out.append(x)
+            if torch.jit.is_scripting(): x = stage(x)  # gradient checkpointing is eager-only
+            else: x = self.run_blocks(stage, x)
+            if s in self.level_stages: out.append(x)
         return out
 
     def features_from_stages(self, maps, x):
@@ -151,9 +154,18 @@ class EfficientNet(Backbone):
 
     def forward_features(self, x):
         "The head conv's map (`num_features` channels, stride 32), before pooling."
-        check_shape(x, ('B', self.config.in_chans, 'H', 'W'), where=type(self).__name__)
-        check_dtype(x, self, where=type(self).__name__)
-        return self.conv_head(self.run_blocks(self.stages, self.stem(x)))
+        if not torch.jit.is_scripting():  # the checks read the Python config: eager only
+            check_shape(x, ('B', self.config.in_chans, 'H', 'W'), where=type(self).__name__)
+            check_dtype(x, self, where=type(self).__name__)
+        if torch.jit.is_scripting(): return self.conv_head(self.stages(self.stem(x)))
+        else: return self.conv_head(self.run_blocks(self.stages, self.stem(x)))
+
+    def forward_head(self, x, pre_logits:bool=False):
+        "Pool, drop out (`classifier[0]`) and classify (`classifier[1]`) the head conv's map."
+        if torch.jit.is_scripting():  # the base calls `fc`; ours is `classifier[1]`
+            x = self.head_drop(x.mean((2, 3)))
+            return x if pre_logits else self.classifier[1](x)
+        else: return super().forward_head(x, pre_logits)
 
 # %% ../../nbs/backbones/03_efficient.ipynb #ca7b8be4
 EFFICIENTNET_V2_S_STAGES = (

@@ -76,17 +76,24 @@ class ResNet(Backbone):
                        dilation=first_dilation if j == 0 else dilation, drop_path=drop_paths[j], zero_init_last=c.zero_init_residual)
             for j in range(depth)])
 
+    __jit_unused_properties__ = Backbone.__jit_unused_properties__ + ['stages']
+
     @property
     def stages(self) -> list[nn.Sequential]:
         "The stages `layer1`, `layer2`, ..., in order."
         return [self.get_submodule(f['module']) for f in self.all_feature_info]
 
     def forward_stages(self, x):
-        check_shape(x, ('B', self.config.in_chans, 'H', 'W'), where=type(self).__name__)
-        check_dtype(x, self, where=type(self).__name__)
+        if not torch.jit.is_scripting():  # the checks read the Python config: eager only
+            check_shape(x, ('B', self.config.in_chans, 'H', 'W'), where=type(self).__name__)
+            check_dtype(x, self, where=type(self).__name__)
         x, out = self.maxpool(self.stem(x)), []
-        for stage in self.stages:
-            x = self.run_blocks(stage, x); out.append(x)
+        if torch.jit.is_scripting():  # TorchScript unrolls a loop over children, not over a Python list; no checkpointing
+            for name, child in self.named_children():
+                if name.startswith('layer'): x = child(x); out.append(x)
+        else:
+            for stage in self.stages:
+                x = self.run_blocks(stage, x); out.append(x)
         return out
 
     def torchvision_key(self, key:str) -> str:
