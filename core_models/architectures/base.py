@@ -10,7 +10,9 @@ import dataclasses, functools, inspect, re, warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 import torch, torch.nn as nn, torch.nn.functional as F
-from ..config import Configurable, ComponentConfig, config_field, ConfigError, check_shape, check_dtype, config_as_dict, NameRegistry
+from ..config import Configurable, ComponentConfig, config_field, ConfigError, config_as_dict
+from ..checks import check_shape, check_dtype
+from ..names import NameRegistry
 from ..summary import summary, ModelSummary
 from ..backbones.base import Backbone, FeatureInfo, create_backbone, get_backbone_entry, list_backbones
 from ..heads.base import Head, create_head, get_head_class

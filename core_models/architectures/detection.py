@@ -8,7 +8,7 @@ Docs: https://core-models.github.io/core-models/architectures/detection.html.md"
 from __future__ import annotations
 import math
 import torch, torch.nn.functional as F
-from ..config import ShapeError, check_shape
+from ..checks import ShapeError, check_shape
 from .base import BaseArchitecture, register_architecture
 from ..heads.detector import DetectionHead
 from ..data import detection_collate

@@ -7,7 +7,7 @@ Docs: https://core-models.github.io/core-models/architectures/segmentation.html.
 # %% ../../nbs/architectures/04_segmentation.ipynb #9d76788a
 from __future__ import annotations
 import torch
-from ..config import ShapeError, check_shape
+from ..checks import ShapeError, check_shape
 from .base import BaseArchitecture, register_architecture
 from ..heads.segmenter import SegmentationHead
 from ..metrics import SegmentationMetrics, dataset_classes, metric_class_names

@@ -9,7 +9,8 @@ from __future__ import annotations
 import operator, warnings
 from typing import Callable
 import torch, torch.nn as nn
-from ..config import Configurable, ComponentConfig, config_field, ConfigError, config_as_dict, NameRegistry
+from ..config import Configurable, ComponentConfig, config_field, ConfigError, config_as_dict
+from ..names import NameRegistry
 from ..backbones.base import FeatureInfo
 
 # %% auto #0

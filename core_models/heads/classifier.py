@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 import torch, torch.nn as nn, torch.nn.functional as F
-from ..config import ComponentConfig, config_field, ShapeError, check_shape
+from ..config import ComponentConfig, config_field
+from ..checks import ShapeError, check_shape
 from ..blocks.conv import Act, make_act
 from ..backbones.base import FeatureInfo
 from .base import Head, register_head

@@ -15,7 +15,8 @@ from fastcore.basics import patch
 from torchvision.ops import (FeaturePyramidNetwork, sigmoid_focal_loss, generalized_box_iou_loss, batched_nms,
                              clip_boxes_to_image)
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
-from ..config import ComponentConfig, config_field, ConfigError, ShapeError, check_shape
+from ..config import ComponentConfig, config_field, ConfigError
+from ..checks import ShapeError, check_shape
 from ..backbones.base import FeatureInfo
 from .base import Head, register_head, fpn_level_name  # fpn_level_name lived here first: still importable from here
 

@@ -13,7 +13,8 @@ from typing import Literal
 import torch, torch.nn as nn, torch.nn.functional as F
 from fastcore.basics import patch
 from torchvision.ops import FeaturePyramidNetwork
-from ..config import ComponentConfig, config_field, ConfigError, ShapeError, check_shape
+from ..config import ComponentConfig, config_field, ConfigError
+from ..checks import ShapeError, check_shape
 from ..blocks.conv import ConvBlock
 from ..backbones.base import FeatureInfo
 from .base import Head, register_head, fpn_level_name
