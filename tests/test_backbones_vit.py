@@ -1,7 +1,7 @@
 """Every registered ViT variant is torchvision's (parameters, keys through one map, init), and runs on any size the patches tile."""
 import pytest, torch, torch.nn as nn, torchvision
 import torchvision.models.vision_transformer as tv_vit
-from core_models.config import ShapeError
+from core_models.checks import ShapeError
 from core_models.backbones.base import create_backbone, list_backbones, get_backbone_entry, load_weights, WeightsError
 from core_models.backbones.vit import VisionTransformer, VIT_VARIANTS, PYRAMID_STRIDES
 from fidelity import assert_meta_twin
