@@ -12,7 +12,8 @@ from typing import Literal, NamedTuple
 import torch, torch.nn as nn
 from torchvision.ops import StochasticDepth
 from fastcore.basics import patch
-from ..config import config_field, check_shape, check_dtype
+from ..config import config_field
+from ..checks import check_shape, check_dtype
 from ..blocks.conv import ConvBlock, MBConv, FusedMBConv, SqueezeExcite, make_divisible
 from .base import FeatureInfo, BackboneConfig, Backbone
 from .registry import Variant, build_variant, register_backbone

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Literal
 import re
 import torch, torch.nn as nn
-from ..config import config_field, check_shape, check_dtype
+from ..config import config_field
+from ..checks import check_shape, check_dtype
 from ..blocks.conv import ConvBlock
 from ..blocks.residual import BasicBlock, Bottleneck, torchvision_resnet_block_keys
 from .base import Backbone, BackboneConfig, FeatureInfo

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 import torch, torch.nn as nn
-from ..config import config_field, check_shape, check_dtype
+from ..config import config_field
+from ..checks import check_shape, check_dtype
 from ..blocks.conv import ConvBlock
 from .base import Backbone, BackboneConfig, FeatureInfo
 
