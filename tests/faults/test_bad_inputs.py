@@ -19,7 +19,8 @@ import pytest, torch, torch.nn as nn
 from core_models import create_model
 from core_models.backbones import create_backbone
 from core_models.backbones.base import WeightsError
-from core_models.config import ConfigError, ShapeError
+from core_models.config import ConfigError
+from core_models.checks import ShapeError
 from core_models.data import DigitsDataset
 from core_models.heads import DetectionHead, SegmentationHead
 from core_models.architectures import DetectionArchitecture
