@@ -98,22 +98,25 @@ def test_detection_exports_to_raw_head_outputs_and_decodes_in_python():
 def _blocks():
     from core_models.blocks.conv import ConvBlock, MBConv, FusedMBConv, DepthwiseSeparableConv
     from core_models.blocks.residual import BasicBlock, Bottleneck, DropPath
+    from core_models.blocks.attention import AttentionBlock
     return [ConvBlock(in_channels=16, out_channels=8), MBConv(in_channels=16, out_channels=16, expand_ratio=4, drop_path=0.1),
             FusedMBConv(in_channels=16, out_channels=24, expand_ratio=4, stride=2), DepthwiseSeparableConv(in_channels=16, out_channels=32),
-            BasicBlock(in_channels=16, out_channels=32, stride=2), Bottleneck(in_channels=16, out_channels=64, drop_path=0.1), DropPath(p=0.2)]
+            BasicBlock(in_channels=16, out_channels=32, stride=2), Bottleneck(in_channels=16, out_channels=64, drop_path=0.1), DropPath(p=0.2),
+            AttentionBlock(dim=16, num_heads=2, drop_path=0.1)]  # on a feature map: its H*W positions are the tokens
 
 
 @pytest.mark.filterwarnings('ignore::FutureWarning')  # torch 2.14 deprecates torch.jit.script (for torch.export/compile)
-@pytest.mark.parametrize('i', range(7))
+@pytest.mark.parametrize('i', range(8))
 def test_conv_blocks_script(i):
-    "The blocks the convnet families are made of compile with torch.jit.script and match eager."
+    "The blocks the backbone families are made of compile with torch.jit.script and match eager."
     torch.manual_seed(0)
     m = randomize_norms_(_blocks()[i]).eval()
     x = torch.randn(2, 16, 8, 8)
     with torch.no_grad(): assert max_abs_diff(torch.jit.script(m)(x), m(x)) <= 1e-5
 
 
-SCRIPTED = {'simple_cnn': {}, 'resnet18': {}, 'resnet50': {}, 'efficientnet_b0': {}}
+SCRIPTED = {'simple_cnn': {}, 'resnet18': {}, 'resnet50': {}, 'efficientnet_b0': {}, 'vit_tiny_16': dict(img_size=32, depth=4),
+            'vit_tiny_16_pyramid': dict(img_size=32, depth=4, feature_pyramid=True)}
 
 
 @pytest.mark.filterwarnings('ignore::FutureWarning')
@@ -124,5 +127,16 @@ def test_backbones_script(name):
     with torch.no_grad():
         for kw in (dict(num_classes=5), dict(features_only=True), dict(features_only=True, out_indices=(1, -1))):
             torch.manual_seed(0)
-            m = randomize_norms_(create_backbone(name, **SCRIPTED[name], **kw)).eval()
+            m = randomize_norms_(create_backbone(name.removesuffix('_pyramid'), **SCRIPTED[name], **kw)).eval()
             assert max_abs_diff(torch.jit.script(m)(x), m(x)) <= 1e-5
+
+
+@pytest.mark.filterwarnings('ignore::FutureWarning')
+def test_scripted_vit_runs_at_its_grid():
+    "A scripted ViT keeps its position embedding's grid: resampling for another size is the eager model's."
+    torch.manual_seed(0)
+    m = create_backbone('vit_tiny_16', img_size=32, depth=2).eval()
+    s = torch.jit.script(m)
+    with torch.no_grad():
+        assert max_abs_diff(s.forward_head(s.forward_features(x32()), pre_logits=True), m.forward_head(m.forward_features(x32()), pre_logits=True)) <= 1e-5
+        with pytest.raises(torch.jit.Error, match='built for'): s(torch.randn(1, 3, 48, 48))

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Literal
 import torch, torch.nn as nn, torch.nn.functional as F
 from fastcore.basics import patch
-from ..config import config_field, check_shape, check_dtype, ShapeError
+from ..config import config_field
+from ..checks import check_shape, check_dtype, ShapeError
 from ..blocks.attention import (PatchEmbed, LearnedPositionEmbedding, AttentionBlock,
                                           resample_position_embedding, torchvision_encoder_block_keys)
 from .base import Backbone, BackboneConfig, FeatureInfo
@@ -70,6 +71,7 @@ class VisionTransformer(Backbone):
     Config = ViTConfig
     default_cfg = {**Backbone.default_cfg, 'first_conv': 'patch_embed.proj', 'classifier': 'head'}
     num_prefix_tokens = 1
+    __constants__ = Backbone.__constants__ + ['num_prefix_tokens']  # a class attribute torch.jit.script reads
     global_pools = ('token', 'avg')
     group_regex = (r'^(cls_token|pos_embed|patch_embed)', r'^blocks\.(\d+)', r'^blocks\.(\d+)')
 
@@ -92,12 +94,15 @@ class VisionTransformer(Backbone):
         self.feature_info = FeatureInfo(dict(num_chs=c.embed_dim, reduction=s, module=f'blocks.{b}')
                                         for b, s in zip(self.feature_blocks, strides))
         self.num_features = c.embed_dim
+        # plain attributes: what torch.jit.script reads
+        self.feature_block_list, self.feature_pyramid, self.level_strides = list(self.feature_blocks), bool(c.feature_pyramid), list(strides)
         self.default_cfg = {**self.default_cfg, 'input_size': (c.in_chans, *_pair(c.img_size))}
         self.init_head()
 
     def reset_classifier(self, num_classes:int, global_pool:str|None=None):
         "A fresh, zero-initialised classifier for `num_classes` outputs (0: none), as torchvision's `heads.head`; `global_pool`: 'token' or 'avg'."
         super().reset_classifier(num_classes, global_pool)
+        self.pool_token = self.config.global_pool == 'token'  # what torch.jit.script reads
         if isinstance(self.head, nn.Linear): nn.init.zeros_(self.head.weight); nn.init.zeros_(self.head.bias)
 
     def no_weight_decay(self) -> set[str]:
@@ -116,9 +121,11 @@ class VisionTransformer(Backbone):
 @patch
 def embed(self:VisionTransformer, x:torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
     "Images `(B, in_chans, H, W)` -> tokens `(B, 1 + N, C)` with class token and positions, and the patch grid."
-    name, c, p = type(self).__name__, self.config, self.patch_size
-    if isinstance(x, torch.fx.Proxy): grid = self.grid_size  # fx traces without shapes: the graph is for img_size
+    p = self.patch_size
+    if torch.jit.is_scripting(): grid = (x.shape[-2] // p, x.shape[-1] // p)  # the checks read the Python config: eager only
+    elif isinstance(x, torch.fx.Proxy): grid = self.grid_size  # fx traces without shapes: the graph is for img_size
     else:
+        name, c = type(self).__name__, self.config
         check_shape(x, ('B', c.in_chans, 'H', 'W'), where=name)
         check_dtype(x, self, where=name)
         if x.shape[-2] % p or x.shape[-1] % p:
@@ -132,13 +139,16 @@ def embed(self:VisionTransformer, x:torch.Tensor) -> tuple[torch.Tensor, tuple[i
 @patch
 def forward_features(self:VisionTransformer, x:torch.Tensor) -> torch.Tensor:
     "Normalised tokens `(B, 1 + N, C)` after the last block, class token first."
-    return self.norm(self.run_blocks(self.blocks, self.embed(x)[0]))
+    if torch.jit.is_scripting(): return self.norm(self.blocks(self.embed(x)[0]))  # gradient checkpointing is eager-only
+    else: return self.norm(self.run_blocks(self.blocks, self.embed(x)[0]))
 
 # %% ../../nbs/backbones/02_vit.ipynb #b3faa348
 @patch
 def forward_head(self:VisionTransformer, x:torch.Tensor, pre_logits:bool=False) -> torch.Tensor:
     "Pool tokens `(B, 1 + N, C)` (class token, or mean of the patch tokens) and classify."
-    x = x[:, 0] if self.config.global_pool == 'token' else x[:, self.num_prefix_tokens:].mean(1)
+    if torch.jit.is_scripting(): token = self.pool_token  # the config is Python
+    else: token = self.config.global_pool == 'token'
+    x = x[:, 0] if token else x[:, self.num_prefix_tokens:].mean(1)
     x = self.head_drop(x)
     return x if pre_logits else self.head(x)
 
@@ -147,6 +157,7 @@ def forward_head(self:VisionTransformer, x:torch.Tensor, pre_logits:bool=False) 
 def forward_stages(self:VisionTransformer, x:torch.Tensor) -> list[torch.Tensor]:
     "Feature maps `(B, C, h, w)` of the `feature_blocks`, at the strides of `feature_info`."
     x, (gh, gw) = self.embed(x)
+    if torch.jit.is_scripting(): return self._scripted_stages(x, gh, gw)
     maps, wanted = [], set(self.feature_blocks)
     for i, block in enumerate(self.blocks[:max(self.feature_blocks) + 1]):
         x = self.run_blocks(block, x)
@@ -154,6 +165,18 @@ def forward_stages(self:VisionTransformer, x:torch.Tensor) -> list[torch.Tensor]
     maps = [maps[sorted(wanted).index(b)] for b in self.feature_blocks]
     if self.config.feature_pyramid:
         maps = [resample_to_stride(m, self.patch_size, s) for m, s in zip(maps, self.all_feature_info.reduction())]
+    return maps
+
+@patch
+def _scripted_stages(self:VisionTransformer, x:torch.Tensor, gh:int, gw:int) -> list[torch.Tensor]:
+    "`forward_stages` after the embedding, as torch.jit.script compiles it: every block runs, the levels are picked by index."
+    taken: dict[int, torch.Tensor] = {}
+    for i, block in enumerate(self.blocks):
+        x = block(x)
+        if i in self.feature_block_list: taken[i] = x[:, self.num_prefix_tokens:].transpose(1, 2).reshape(x.shape[0], -1, gh, gw)
+    maps = [taken[b] for b in self.feature_block_list]
+    if self.feature_pyramid:
+        for j in range(len(maps)): maps[j] = resample_to_stride(maps[j], self.patch_size, self.level_strides[j])
     return maps
 
 # %% ../../nbs/backbones/02_vit.ipynb #51b81c91

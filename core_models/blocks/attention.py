@@ -37,7 +37,7 @@ class MultiHeadAttention(Configurable, nn.Module):
     def __init__(self, config=None, **overrides):
         super().__init__()
         c = self.configure(config, **overrides)
-        self.num_heads, self.head_dim = c.num_heads, c.dim // c.num_heads
+        self.num_heads, self.head_dim, self.attn_p = c.num_heads, c.dim // c.num_heads, float(c.attn_dropout)  # plain attributes: what torch.jit.script reads
         self.qkv = nn.Linear(c.dim, 3 * c.dim, bias=c.qkv_bias)
         self.proj = nn.Linear(c.dim, c.dim)
         self.proj_dropout = nn.Dropout(c.proj_dropout)
@@ -47,13 +47,14 @@ class MultiHeadAttention(Configurable, nn.Module):
         if self.qkv.bias is not None: nn.init.zeros_(self.qkv.bias)
         nn.init.zeros_(self.proj.bias)
 
-    def forward(self, x, attn_mask=None):
+    def forward(self, x, attn_mask:torch.Tensor|None=None):
         "Attend over `x` `(B, N, dim)`; `attn_mask` (bool: True may attend, or float: added) broadcasts to `(B, heads, N, N)`."
-        check_shape(x, ('B', 'N', self.config.dim), where=type(self).__name__)
+        if not torch.jit.is_scripting(): check_shape(x, ('B', 'N', self.config.dim), where=type(self).__name__)
         B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        p = self.config.attn_dropout if self.training else 0.0
-        if self.store_attention:
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        p = self.attn_p if self.training else 0.0
+        if torch.jit.is_scripting(): x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)  # no stored attention
+        elif self.store_attention:
             scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
             if attn_mask is not None:
                 scores = scores.masked_fill(~attn_mask, float('-inf')) if attn_mask.dtype == torch.bool else scores + attn_mask
@@ -110,13 +111,15 @@ class AttentionBlock(Configurable, nn.Module):
         self.mlp = Mlp(dim=c.dim, hidden_dim=c.mlp_dim, mlp_ratio=c.mlp_ratio, dropout=c.dropout)
         self.drop_path = DropPath(p=c.drop_path)
 
-    def forward(self, x, attn_mask=None):
+    def forward(self, x, attn_mask:torch.Tensor|None=None):
         "Tokens `(B, N, dim)` -> tokens; feature map `(B, dim, H, W)` -> feature map (its H*W positions are the tokens)."
-        is_map = check_shape(x, ('B', 'N', self.config.dim), ('B', self.config.dim, 'H', 'W'), where=type(self).__name__)
-        if is_map: B, C, H, W = x.shape; x = x.flatten(2).transpose(1, 2)
+        if torch.jit.is_scripting(): is_map = x.dim() == 4
+        else: is_map = check_shape(x, ('B', 'N', self.config.dim), ('B', self.config.dim, 'H', 'W'), where=type(self).__name__) == 1
+        shape = x.shape
+        if is_map: x = x.flatten(2).transpose(1, 2)
         x = x + self.drop_path(self.dropout(self.attn(self.norm1(x), attn_mask)))
         x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return x.transpose(1, 2).reshape(B, C, H, W) if is_map else x
+        return x.transpose(1, 2).reshape(shape) if is_map else x
 
 # %% ../../nbs/blocks/02_attention.ipynb #ab3514e5
 _TV_ENCODER_BLOCK_KEYS = {'ln_1': 'norm1', 'self_attention.in_proj_weight': 'attn.qkv.weight',
@@ -150,7 +153,7 @@ class PatchEmbed(Configurable, nn.Module):
     def __init__(self, config=None, **overrides):
         super().__init__()
         c = self.configure(config, **overrides)
-        self.patch_size = c.patch_size
+        self.patch_size, self.flatten = c.patch_size, c.flatten  # plain attributes: what torch.jit.script reads
         self.proj = nn.Conv2d(c.in_chans, c.embed_dim, c.patch_size, stride=c.patch_size)
         # torchvision ViT's conv_proj initialisation
         nn.init.trunc_normal_(self.proj.weight, std=math.sqrt(1 / (c.in_chans * c.patch_size ** 2)))
@@ -167,6 +170,8 @@ class PatchEmbed(Configurable, nn.Module):
                              f'multiples of patch_size={p}, got H, W = {h}, {w}')
         return h // p, w // p
 
+    __jit_unused_properties__ = ['num_patches']
+
     @property
     def num_patches(self) -> int|None:
         "Tokens made from an `img_size` image (None without `img_size`)."
@@ -175,10 +180,11 @@ class PatchEmbed(Configurable, nn.Module):
         return gh * gw
 
     def forward(self, x):
-        check_shape(x, ('B', self.config.in_chans, 'H', 'W'), where=type(self).__name__)
-        if not isinstance(x, torch.fx.Proxy): self.grid_size(*x.shape[-2:])  # fx traces without shapes
+        if not torch.jit.is_scripting():  # the checks read the Python config: eager only
+            check_shape(x, ('B', self.config.in_chans, 'H', 'W'), where=type(self).__name__)
+            if not isinstance(x, torch.fx.Proxy): self.grid_size(*x.shape[-2:])  # fx traces without shapes
         x = self.proj(x)
-        return x.flatten(2).transpose(1, 2) if self.config.flatten else x
+        return x.flatten(2).transpose(1, 2) if self.flatten else x
 
 # %% ../../nbs/blocks/02_attention.ipynb #51044a81
 def resample_position_embedding(pos_embed:torch.Tensor, # (1, prefix + gh*gw, C)
@@ -216,11 +222,15 @@ class LearnedPositionEmbedding(Configurable, nn.Module):
     def __init__(self, config=None, **overrides):
         super().__init__()
         c = self.configure(config, **overrides)
-        self.grid = _pair(c.grid_size)
+        self.grid, self.num_prefix_tokens = _pair(c.grid_size), c.num_prefix_tokens
         self.pos_embed = nn.Parameter(torch.empty(1, c.num_prefix_tokens + self.grid[0] * self.grid[1], c.dim).normal_(std=c.init_std))
 
-    def forward(self, tokens, grid_size=None):
+    def forward(self, tokens, grid_size:tuple[int, int]|None=None):
         "Add the embedding to `tokens` `(B, prefix + gh*gw, dim)`; `grid_size` (default: its own) is the tokens' grid."
+        if torch.jit.is_scripting():  # scripted: its own grid (resampling is Python)
+            if grid_size is not None and grid_size != self.grid:
+                raise RuntimeError(f'LearnedPositionEmbedding: a scripted model runs at the grid {self.grid} it was built for, got {grid_size}')
+            return tokens + self.pos_embed
         c, (gh, gw) = self.config, _pair(grid_size or self.grid)
         check_shape(tokens, ('B', c.num_prefix_tokens + gh * gw, c.dim), where=type(self).__name__)
         if (gh, gw) == tuple(self.grid): return tokens + self.pos_embed  # its own grid: no resampling (and fx-traceable)
