@@ -12,7 +12,8 @@ from functools import lru_cache
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from ..config import Configurable, ComponentConfig, config_field, ConfigError, check_shape, ShapeError
+from ..config import Configurable, ComponentConfig, config_field, ConfigError
+from ..checks import check_shape, ShapeError
 from .conv import make_act, Act
 from .residual import DropPath
 
