@@ -9,11 +9,9 @@ To add a case, append `Case(id, make, error, words)` to CASES (or decorate a fun
 scratch folder. Ids are `area/what`, so `pytest tests/faults -k settings/` runs one area. Run this file with python to print
 the tally (tried / clear / unclear / silent) for the issue's note.
 """
-import json, math, os, pickle, shutil, sys, traceback
-from dataclasses import dataclass
+import json, math, os, pickle, shutil, sys
 from functools import cache
 from pathlib import Path
-from typing import Any, Callable
 import pytest, torch, torch.nn as nn
 
 from core_models import create_model
@@ -31,16 +29,7 @@ from core_models.versioning.checkpoint import (CheckpointError, CheckpointManage
                                                sha256_file)
 
 torch.set_num_threads(1)
-PKG = Path(__import__('core_models').__file__).resolve().parent
-
-
-@dataclass
-class Case:
-    id: str                          # area/what, e.g. 'settings/duplicate-key'
-    make: Callable[[Path], Any]      # makes the bad input and calls the kit with it; gets a fresh scratch folder
-    error: type | tuple              # the error it must raise
-    words: tuple[str, ...]           # each must appear in the message
-
+from faultcases import Case, outcome
 
 CASES: list[Case] = []
 
@@ -331,27 +320,6 @@ if not torch.cuda.is_available():
 
 
 # -- the test ---------------------------------------------------------------------------------------------------------
-
-def raised_by_the_kit(e:BaseException) -> bool:
-    "Whether the innermost frame of `e`'s traceback is core_models' own code."
-    frames = traceback.extract_tb(e.__traceback__)
-    return bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(PKG)
-
-def outcome(c:Case, tmp:Path) -> tuple[str, str]:
-    "('clear' | 'unclear' | 'silent', why) for one case."
-    cwd = os.getcwd()
-    os.chdir(tmp)  # a case that writes (or a payload that would) does so in its scratch folder
-    try: c.make(tmp)
-    except Exception as e:
-        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        if not isinstance(e, c.error): return 'unclear', f'raised {type(e).__name__}, expected {c.error}: {msg}'
-        missing = [w for w in c.words if w not in msg]
-        if missing: return 'unclear', f'message lacks {missing}: {msg}'
-        if not raised_by_the_kit(e): return 'unclear', f'raised from {traceback.extract_tb(e.__traceback__)[-1].filename}, not by core_models: {msg}'
-        return 'clear', msg
-    finally: os.chdir(cwd)
-    return 'silent', 'accepted without an error'
-
 
 # -- image dtypes at the model's call (added with check_dtype) ----------------------------------------------------------
 

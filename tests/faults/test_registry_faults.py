@@ -11,11 +11,11 @@
 
 Run this file with python to print the tally (tried / clear / unclear / silent).
 """
-import json, os, random, shutil, signal, subprocess, sys, time, traceback, warnings
-from dataclasses import dataclass
+import json, os, random, shutil, signal, subprocess, sys, time, warnings
 from pathlib import Path
-from typing import Any, Callable
 import pytest, torch
+import faultcases
+from faultcases import Case
 
 from core_models.blocks.conv import ConvBlock
 from core_models.versioning.checkpoint import CheckpointError, save_checkpoint, sha256_file
@@ -23,7 +23,6 @@ from core_models.versioning.registry import (ModelRegistry, RegistryError, Damag
                                              resolve_class, weights_bytes, sha256_bytes)
 
 torch.set_num_threads(1)
-PKG = Path(__import__('core_models').__file__).resolve().parent
 NAN, INF = float('nan'), float('inf')
 
 
@@ -68,13 +67,6 @@ def git_repo(d:Path) -> Path:
 
 
 # -- bad input: one table ---------------------------------------------------------------------------------------------
-
-@dataclass
-class Case:
-    id: str
-    make: Callable[[Path], Any]  # makes the mistake in a fresh scratch folder and calls the kit
-    error: type | tuple
-    words: tuple[str, ...]
 
 CASES: list[Case] = []
 def case(id, error, *words):
@@ -221,25 +213,7 @@ def _(tmp):
     ModelRegistry(repo/'registry').register('tiny', '1.0.0', tiny())
 
 
-def raised_by_the_kit(e:BaseException) -> bool:
-    frames = traceback.extract_tb(e.__traceback__)
-    return bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(PKG)
-
-def outcome(c:Case, tmp:Path) -> tuple[str, str]:
-    "('clear' | 'unclear' | 'silent', why) for one case."
-    cwd = os.getcwd(); os.chdir(tmp)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore', RegistryWarning)
-            c.make(tmp)
-    except Exception as e:
-        msg = str(e)
-        if not isinstance(e, c.error): return 'unclear', f'raised {type(e).__name__}, expected {c.error}: {msg}'
-        if missing := [w for w in c.words if w not in msg]: return 'unclear', f'message lacks {missing}: {msg}'
-        if not raised_by_the_kit(e): return 'unclear', f'raised from {traceback.extract_tb(e.__traceback__)[-1].filename}: {msg}'
-        return 'clear', msg
-    finally: os.chdir(cwd)
-    return 'silent', 'accepted without an error'
+def outcome(c:Case, tmp:Path) -> tuple[str, str]: return faultcases.outcome(c, tmp, quiet=(RegistryWarning,))
 
 @pytest.mark.parametrize('c', CASES, ids=[c.id for c in CASES])
 def test_bad_input_gives_one_clear_error(c, tmp_path):
