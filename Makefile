@@ -35,7 +35,7 @@ test: install chromium  ## export the package, run every notebook, then pytest
 	@# (nbdev-test's own pool reuses worker processes, so a notebook could see the registrations of the previous one)
 	find nbs -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' -not -name '_*' | sort | \
 	  xargs -P 2 -n 1 $(BIN)/nbdev-test --do-print
-	$(BIN)/python -m pytest tests/ -q
+	$(BIN)/python -m pytest tests/ -q --durations=15
 
 # The browser test (tests/test_widgets_browser.py) drives Debian's chromium; Playwright's own download fails offline.
 chromium:  ## install Debian's chromium for the browser test when it is missing (apt-get, as root)

@@ -291,6 +291,7 @@ def test_resume_in_a_new_process(tmp_path):
     "Save in one interpreter, resume in another: the same result as training straight through."
     code = f'''
 import sys, torch
+torch.set_num_threads({torch.get_num_threads()})  # the same reductions as the straight run below, in this process
 sys.path.insert(0, {str(ROOT/'tests')!r})
 from test_checkpoint import make_run, train, seed, save_checkpoint, load_checkpoint
 from safetensors.torch import save_file

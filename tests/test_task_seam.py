@@ -1,5 +1,6 @@
 "The task seam (issue 13): the Trainer names no task; a model's hooks decide how it learns and is judged."
 import re
+import pytest
 from pathlib import Path
 import torch
 from torch.utils.data import Subset
@@ -11,6 +12,14 @@ from core_models.training import Trainer, TrainConfig, evaluate
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    "Small models train faster on one thread on a shared CPU; the caller's count is restored after each test."
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_training_module_names_no_task():
     src = (ROOT / 'core_models/training.py').read_text()
     hits = [l for l in src.splitlines() if re.search(r"'(classification|detection|segmentation|multilabel|multi_label)'", l)]
@@ -18,7 +27,6 @@ def test_training_module_names_no_task():
 
 
 def test_free_evaluate_matches_trainer_evaluate():
-    torch.set_num_threads(1)
     seed_everything(0)
     m = create_model('cnn', num_classes=10, in_chans=1, backbone={'name': 'simple_cnn', 'widths': [8, 16, 32]})
     val = Subset(DigitsDataset('val', size=16), range(40))
@@ -30,7 +38,6 @@ def test_free_evaluate_matches_trainer_evaluate():
 
 
 def test_free_evaluate_on_a_segmenter_and_a_detector():
-    torch.set_num_threads(1)
     seed_everything(0)
     seg = create_model('segmentation', backbone='simple_cnn', num_classes=4, channels=16)
     r = evaluate(seg, ShapesDataset('val', n=4, size=32, task='segmentation'), batch_size=2)
@@ -47,7 +54,6 @@ def test_dict_head_receives_shared_config_keys():
 
 def test_multilabel_task_trains_through_the_unchanged_trainer():
     "A task the Trainer has never heard of: its hooks are the model's, and the run's keys follow them."
-    torch.set_num_threads(1)
     seed_everything(0)
     m = create_model('multilabel', backbone={'name': 'simple_cnn', 'widths': [8, 16, 32]}, num_classes=3)
     train, val = ShapesDataset('train', n=32, size=32, task='multilabel'), ShapesDataset('val', n=16, size=32, task='multilabel')

@@ -28,7 +28,6 @@ from core_models.training import Trainer, TrainConfig, NonFiniteError
 from core_models.versioning.checkpoint import (CheckpointError, CheckpointManager, save_checkpoint, load_checkpoint,
                                                sha256_file)
 
-torch.set_num_threads(1)
 from faultcases import Case, outcome
 
 CASES: list[Case] = []

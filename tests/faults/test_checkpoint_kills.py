@@ -9,7 +9,6 @@ import core_models.versioning.checkpoint as ck
 from core_models.versioning.checkpoint import CheckpointManager, load_checkpoint, verify_checkpoint
 
 pytestmark = pytest.mark.skipif(sys.platform != 'linux', reason='forked writers and SIGKILL (Linux)')
-torch.set_num_threads(1)
 fork = multiprocessing.get_context('fork')
 
 

@@ -7,7 +7,6 @@ import pytest, torch, torch.nn as nn
 from core_models.versioning.checkpoint import (CheckpointManager, CheckpointWriteError, save_checkpoint, load_checkpoint,
                                                verify_checkpoint)
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture

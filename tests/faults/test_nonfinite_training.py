@@ -8,7 +8,6 @@ from core_models.data import DigitsDataset
 from core_models.training import Trainer, TrainConfig, Callback, NonFiniteError
 from core_models.versioning.checkpoint import load_checkpoint, nonfinite_tensors
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope='module')

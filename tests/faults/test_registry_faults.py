@@ -22,7 +22,6 @@ from core_models.versioning.checkpoint import CheckpointError, save_checkpoint, 
 from core_models.versioning.registry import (ModelRegistry, RegistryError, DamagedRecordError, RegistryWarning, allow_module,
                                              resolve_class, weights_bytes, sha256_bytes)
 
-torch.set_num_threads(1)
 NAN, INF = float('nan'), float('inf')
 
 
