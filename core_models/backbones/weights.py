@@ -6,7 +6,7 @@ Docs: https://core-models.github.io/core-models/backbones/weights.html.md"""
 
 # %% ../../nbs/backbones/00b_weights.ipynb #64c1579c
 from __future__ import annotations
-import math, os
+import contextlib, io, math, os
 from pathlib import Path
 import torch, torch.nn as nn
 from .base import Backbone
@@ -28,7 +28,11 @@ def read_state_dict(weights, *, torchvision_name:str|None=None) -> dict:
         if torchvision_name is None: raise WeightsError('weights="torchvision": this backbone has no torchvision twin')
         import torchvision
         w = torchvision.models.get_model_weights(torchvision_name).DEFAULT
-        try: return w.get_state_dict(progress=False)
+        said = io.StringIO()  # torch.hub's 'Downloading: ...' line: shown after a download, not before its failure
+        try:
+            with contextlib.redirect_stdout(said): sd = w.get_state_dict(progress=False)
+            print(said.getvalue(), end='')
+            return sd
         except OSError as e:
             raise WeightsError(f'weights="torchvision": could not download {w.url} ({e}). Offline, download that file '
                                f'elsewhere and pass its path: weights="path/to/{w.url.rsplit("/", 1)[-1]}"') from None
@@ -58,32 +62,46 @@ def adapt_input_conv(weight:torch.Tensor, in_chans:int) -> torch.Tensor:
     return weight.repeat(1, reps, 1, 1)[:, :in_chans] * (c / in_chans)
 
 # %% ../../nbs/backbones/00b_weights.ipynb #99693748
+def _source(weights) -> str:
+    "Where the weights came from, as an error names it: the file (nothing for a state_dict in memory)."
+    return '' if isinstance(weights, dict) else f'weights {str(weights)!r}: ' 
+
+def _strip_prefix(sd:dict, own:dict, prefix:str='backbone.') -> dict:
+    "The backbone's part of a whole model's `state_dict` (keys under `backbone.`) when its own keys are not there as they are."
+    if any(k in own for k in sd) or not any(k.startswith(prefix) for k in sd): return sd
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
 def load_weights(model:Backbone, weights, *, torchvision_name:str|None=None, strict:bool=True):
-    "Load `weights` (see `read_state_dict`) into `model`, mapping keys, adapting the stem and dropping a mismatched classifier."
+    "Load `weights` (see `read_state_dict`) into `model`, mapping keys, adapting the stem and dropping a mismatched classifier (with a note)."
     sd = read_state_dict(weights, torchvision_name=torchvision_name)
+    name = f'{type(model).__name__}: {_source(weights)}'
     not_tensors = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
-        raise WeightsError(f'{type(model).__name__}: the weights expected a state_dict of tensors, got a '
+        raise WeightsError(f'{name}the weights expected a state_dict of tensors, got a '
                            f'{type(sd[not_tensors[0]]).__name__} under `{not_tensors[0]}`')
-    sd = model.convert_state_dict(sd)
     own = model.state_dict()
+    sd = model.convert_state_dict(_strip_prefix(sd, own))
     first = model.default_cfg.get('first_conv')
     if first and f'{first}.weight' in sd and f'{first}.weight' in own:
         sd[f'{first}.weight'] = adapt_input_conv(sd[f'{first}.weight'], own[f'{first}.weight'].shape[1])
     clf = model.default_cfg.get('classifier')
+    k = f'{clf}.weight'
+    if k in sd and (k not in own or own[k].shape != sd[k].shape):  # fine-tuning on other classes: timm's num_classes change
+        print(f'load_weights: dropped the classifier `{clf}` of the weights ({sd[k].shape[0]} classes; the model has '
+              f'{own[k].shape[0] if k in own else "no classifier of its own"})')
     for suffix in ('weight', 'bias'):
         k = f'{clf}.{suffix}'
         if k in sd and (k not in own or own[k].shape != sd[k].shape): del sd[k]
     shapes = [f'`{k}`: weights {tuple(v.shape)}, model {tuple(own[k].shape)}' for k, v in sd.items()
               if k in own and not nn.parameter.is_lazy(own[k]) and v.shape != own[k].shape]
     if shapes:  # torch would refuse them with its "size mismatch" from deep inside load_state_dict
-        raise WeightsError(f'{type(model).__name__}: the weights do not fit the model: {len(shapes)} tensors have other shapes '
+        raise WeightsError(f'{name}the weights do not fit the model: {len(shapes)} tensors have other shapes '
                            f'({"; ".join(shapes[:3])}{"; ..." if len(shapes) > 3 else ""}); are they weights of another '
                            'architecture or variant?')
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [k for k in missing if not k.startswith(clf + '.')]
     bad = [] if model.config.features_only else unexpected
     if missing or (strict and bad):
-        raise WeightsError(f'{type(model).__name__}: the weights do not match the model: missing {missing[:5]}'
+        raise WeightsError(f'{name}the weights do not match the model: missing {missing[:5]}'
                            f'{"..." if len(missing) > 5 else ""}, unexpected {bad[:5]}{"..." if len(bad) > 5 else ""}')
     return model
