@@ -157,7 +157,7 @@ class SqueezeExcite(Configurable, nn.Module):
         squeeze = c.squeeze_channels or max(1, int(c.channels * c.rd_ratio))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc1 = nn.Conv2d(c.channels, squeeze, 1)
-        self.activation = make_act(c.act)
+        self.activation = make_act(c.act, inplace=True)  # on fc1's output, which fc1's backward does not need
         self.fc2 = nn.Conv2d(squeeze, c.channels, 1)
         self.gate = make_act(c.gate)
 
@@ -206,7 +206,10 @@ class MBConv(Configurable, nn.Module):
         if not torch.jit.is_scripting(): check_shape(x, ('B', self.config.in_channels, 'H', 'W'), where=type(self).__name__)
         y = x if self.expand is None else self.expand(x)
         y = self.project(self.se(self.depthwise(y)))
-        return x + self.drop_path(y) if self.use_residual else y
+        if not self.use_residual: return y
+        y = self.drop_path(y)
+        y += x  # in place, as torchvision: the projection's norm and drop-path do not need their output for backward
+        return y
 
 # %% ../../nbs/blocks/00_conv.ipynb #4162b217
 class FusedMBConv(Configurable, nn.Module):
@@ -239,4 +242,7 @@ class FusedMBConv(Configurable, nn.Module):
         if not torch.jit.is_scripting(): check_shape(x, ('B', self.config.in_channels, 'H', 'W'), where=type(self).__name__)
         y = self.fused(x)
         if self.project is not None: y = self.project(y)
-        return x + self.drop_path(y) if self.use_residual else y
+        if not self.use_residual: return y
+        y = self.drop_path(y)
+        y += x  # in place, as torchvision: the projection's norm and drop-path do not need their output for backward
+        return y

@@ -85,12 +85,14 @@ class BasicBlock(Configurable, nn.Module):
         self.conv2 = ConvBlock(in_channels=c.out_channels, out_channels=c.out_channels, act='none', **conv)
         self.shortcut = _shortcut(c)
         self.drop_path = DropPath(p=c.drop_path)
-        self.act = make_act(c.act)
+        self.act = make_act(c.act, inplace=True)
         if c.zero_init_last: _zero_init_(self.conv2)
 
     def forward(self, x):
         if not torch.jit.is_scripting(): check_shape(x, ('B', self.config.in_channels, 'H', 'W'), where=type(self).__name__)
-        return self.act(self.shortcut(x) + self.drop_path(self.conv2(self.conv1(x))))
+        out = self.drop_path(self.conv2(self.conv1(x)))
+        out += self.shortcut(x)  # in place: no backward reads the branch's output (norm, conv and drop-path save their inputs)
+        return self.act(out)
 
 # %% ../../nbs/blocks/01_residual.ipynb #08736f14
 class Bottleneck(Configurable, nn.Module):
@@ -111,12 +113,14 @@ class Bottleneck(Configurable, nn.Module):
         self.conv3 = ConvBlock(in_channels=self.width, out_channels=c.out_channels, kernel_size=1, norm=c.norm, act='none')
         self.shortcut = _shortcut(c)
         self.drop_path = DropPath(p=c.drop_path)
-        self.act = make_act(c.act)
+        self.act = make_act(c.act, inplace=True)
         if c.zero_init_last: _zero_init_(self.conv3)
 
     def forward(self, x):
         if not torch.jit.is_scripting(): check_shape(x, ('B', self.config.in_channels, 'H', 'W'), where=type(self).__name__)
-        return self.act(self.shortcut(x) + self.drop_path(self.conv3(self.conv2(self.conv1(x)))))
+        out = self.drop_path(self.conv3(self.conv2(self.conv1(x))))
+        out += self.shortcut(x)  # in place: no backward reads the branch's output (norm, conv and drop-path save their inputs)
+        return self.act(out)
 
 # %% ../../nbs/blocks/01_residual.ipynb #848e7359
 _TV_RESNET_BLOCK_KEYS = [(r'(^|\.)conv(\d)\.weight$', r'\1conv\2.conv.weight'),
