@@ -12,7 +12,7 @@ from .config import ConfigError
 
 # %% auto #0
 __all__ = ['PRECISION_CHOICES', 'bf16_native', 'inference_precision', 'precision_dtype', 'inference_context', 'conv_share',
-           'fast_layout']
+           'fast_layout', 'inference_layout']
 
 # %% ../nbs/01d_precision.ipynb #b9b8a39e
 _X86_BF16_FLAGS = ('avx512_bf16', 'amx_bf16')
@@ -82,3 +82,19 @@ def conv_share(model:nn.Module) -> float:
 def fast_layout(model:nn.Module) -> nn.Module:
     "`model` in channels-last memory (in place) when convolutions hold most of its weights; returned as is otherwise."
     return model.to(memory_format=torch.channels_last) if conv_share(model) > 0.5 else model
+
+# %% ../nbs/01d_precision.ipynb #e138ea2e
+def _is_channels_last(model:nn.Module) -> bool:
+    w = next((m.weight for m in model.modules() if isinstance(m, nn.Conv2d) and m.weight.shape[-1] > 1), None)
+    return w is not None and w.is_contiguous(memory_format=torch.channels_last)
+
+@contextlib.contextmanager
+def inference_layout(model:nn.Module, precision:str):
+    "`model` in channels-last for the `with` block when `precision` is reduced and convolutions dominate it; restored after. Yields whether it is channels-last."
+    if precision not in _DTYPES: raise ConfigError('inference_layout', 'precision', "one of 'fp32', 'bf16', 'fp16' (an inference_precision result)", precision)
+    was = _is_channels_last(model)
+    convert = precision != 'fp32' and not was and conv_share(model) > 0.5
+    if convert: model.to(memory_format=torch.channels_last)
+    try: yield was or convert
+    finally:
+        if convert: model.to(memory_format=torch.contiguous_format)
