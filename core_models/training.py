@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 from .config import ComponentConfig, ConfigError, config_field, config_as_dict, did_you_mean
 from .settings import seed_everything, resolve_device
+from .precision import inference_precision, inference_layout
 from .metrics import dataset_classes, metric_class_names
 from .architectures.base import task_of, weight_decay_groups
 from .versioning.checkpoint import (CheckpointManager, config_hash, to_jsonable, read_meta, nonfinite_tensors,
@@ -497,12 +498,14 @@ def _model_device(model:nn.Module) -> torch.device:
     return p.device if p is not None else torch.device('cpu')
 
 def evaluate(model:nn.Module, dataset:Dataset, batch_size:int=64, device:str|torch.device|None=None,
-             precision:str='fp32', num_workers:int=0) -> Evaluation:
-    "The loss and task metrics of `model` on `dataset` (eval mode, no gradients), on `device` (default: where the model is)."
+             precision:str='auto', num_workers:int=0) -> Evaluation:
+    "The loss and task metrics of `model` on `dataset` (eval mode, no gradients), on `device` (default: where the model is), in `precision` ('auto': `core_models.precision`'s fast path; 'fp32': exact)."
     dev = resolve_device(device) if device is not None else _model_device(model)
     model.to(dev)
+    p = inference_precision(dev, precision)  # 'auto': bf16 on CPUs with native bf16 and on CUDA, fp32 elsewhere
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=task_of(model).collate_fn, num_workers=num_workers)
-    return run_evaluation(model, loader, lambda b: batch_to_device(b, dev), lambda: precision_autocast(dev, precision), dataset=dataset)
+    with inference_layout(model, p) as channels_last:  # channels-last for the bf16/fp16 convolutions, restored after
+        return run_evaluation(model, loader, lambda b: batch_to_device(b, dev, channels_last), lambda: precision_autocast(dev, p), dataset=dataset)
 
 
 # %% ../nbs/06_training.ipynb #da90ac0d
