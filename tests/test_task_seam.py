@@ -31,7 +31,7 @@ def test_free_evaluate_matches_trainer_evaluate():
     m = create_model('cnn', num_classes=10, in_chans=1, backbone={'name': 'simple_cnn', 'widths': [8, 16, 32]})
     val = Subset(DigitsDataset('val', size=16), range(40))
     t = Trainer(m, val, config=TrainConfig(epochs=1, batch_size=16, progress=False, device='cpu'))
-    a, b = t.evaluate(val), evaluate(m, val, batch_size=16)
+    a, b = t.evaluate(val), evaluate(m, val, batch_size=16, precision='fp32')  # the trainer evaluates in its fp32
     assert set(a) == {'loss', 'accuracy', 'top5'} and a['accuracy'] == b['accuracy']
     assert abs(a['loss'] - b['loss']) < 1e-6
     assert torch.equal(t.last_evaluation.matrix, b.metric.matrix)
@@ -61,7 +61,7 @@ def test_multilabel_task_trains_through_the_unchanged_trainer():
     h = t.fit()
     assert {'train_loss', 'val_loss', 'val_map', 'val_f1'} <= set(h[0]) and t.monitor() == ('val_map', 'max')
     assert t.last_evaluation.class_names == ['circle', 'square', 'triangle']
-    r = evaluate(m, val, batch_size=8)
+    r = evaluate(m, val, batch_size=8, precision='fp32')  # exactly the trainer's fp32 validation
     assert abs(r['map'] - h[0]['val_map']) < 1e-6
 
 
