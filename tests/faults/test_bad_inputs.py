@@ -307,6 +307,17 @@ add('training/epochs-zero', lambda tmp: TrainConfig(epochs=0), ConfigError, 'Tra
 add('training/lr-negative', lambda tmp: TrainConfig(lr=-1.0), ConfigError, '`lr`', '> 0')
 add('training/epochs-text', lambda tmp: TrainConfig.resolve({'epochs': 'five'}), ConfigError, '`epochs` expected an int', "'five'")
 add('training/empty-dataset', lambda tmp: Trainer(digit_model(), [], config=TrainConfig(progress=False)), ValueError, 'the training set gives no batch')
+
+# -- inference precision (core_models.precision, evaluate's precision argument) ---------------------------------------
+
+def _precision(device='cpu', precision='auto'):
+    from core_models.precision import inference_precision
+    return lambda tmp: inference_precision(device, precision)
+
+add('precision/unknown', _precision(precision='float16'), ConfigError, 'inference_precision', '`precision`', "'auto', 'fp32', 'bf16', 'fp16'", "got 'float16'")
+add('precision/device-name', _precision(device='gpu'), ConfigError, '`device`', "a name such as 'cpu' or 'cuda:0'", "got 'gpu'")
+add('evaluate/precision', lambda tmp: __import__('core_models.training').training.evaluate(digit_model(), digits(8), precision='half'),
+    ConfigError, '`precision`', "one of 'auto'", "got 'half'")
 @case('training/resume-damaged-last', CheckpointError, 'epoch_0001/meta.json', 'is not valid JSON')
 def _(tmp):
     cfg = TrainConfig(epochs=1, batch_size=16, progress=False, checkpoint_dir=tmp/'ck')
