@@ -65,11 +65,11 @@ def precision_dtype(precision:str) -> torch.dtype:
 
 # %% ../nbs/01d_precision.ipynb #b570680c
 @contextlib.contextmanager
-def inference_context(device:str|torch.device|None='cpu', precision:str='auto'):
-    "`torch.inference_mode` plus autocast in `inference_precision(device, precision)` (off for fp32); yields the precision chosen."
+def inference_context(device:str|torch.device|None='cpu', precision:str='auto', inference_mode:bool=True):
+    "`torch.inference_mode` (`torch.no_grad` if not `inference_mode`) plus autocast in `inference_precision(device, precision)` (off for fp32); yields the precision chosen."
     p = inference_precision(device, precision)
     device = _as_device(device)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=_DTYPES[p], enabled=p != 'fp32'):
+    with (torch.inference_mode() if inference_mode else torch.no_grad()), torch.autocast(device.type, dtype=_DTYPES[p], enabled=p != 'fp32'):
         yield p
 
 # %% ../nbs/01d_precision.ipynb #8f865827
