@@ -1,4 +1,4 @@
-"""What the kit's notebooks and tests check models with: parameter counts, randomised norms and the comparison of two models' outputs.
+"""What the kit's notebooks and tests check models with: parameter counts, randomised norms, the comparison of two models' outputs, and small datasets of real photos on disk.
 
 Docs: https://core-models.github.io/core-models/testing.html.md"""
 
@@ -10,7 +10,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch, torch.nn as nn
 
 # %% auto #0
-__all__ = ['count_params', 'randomize_norms_', 'max_abs_diff', 'compare_outputs', 'assert_same_outputs']
+__all__ = ['PHOTOS', 'count_params', 'randomize_norms_', 'max_abs_diff', 'compare_outputs', 'assert_same_outputs', 'photo',
+           'write_photo_folders', 'write_photo_scenes']
 
 # %% ../nbs/01b_testing.ipynb #9d282327
 def count_params(m:nn.Module, trainable:bool=False) -> int:
@@ -60,3 +61,83 @@ def assert_same_outputs(ours:nn.Module, theirs:nn.Module, x, atol:float=1e-5, **
     bad = {k: v for k, v in report.items() if not v <= atol}
     if bad: raise AssertionError(f'outputs differ by more than {atol:g}: {bad} (all: {report})')
     return report
+
+# %% ../nbs/01b_testing.ipynb #f52a7abe
+import json
+from pathlib import Path
+import numpy as np
+from PIL import Image, ImageDraw
+
+# %% ../nbs/01b_testing.ipynb #f4ee3977
+PHOTOS = ('astronaut', 'chelsea', 'coffee', 'rocket', 'hubble_deep_field', 'immunohistochemistry', 'cat', 'colorwheel')
+
+def photo(name:str) -> np.ndarray:
+    "The colour photograph `name` that scikit-image ships in its package (no download), as (H, W, 3) uint8."
+    if name not in PHOTOS: raise ValueError(f"photo: expected one of {', '.join(PHOTOS)} (scikit-image's bundled colour photos), got {name!r}")
+    import skimage.data  # only the photo datasets need scikit-image
+    return np.ascontiguousarray(getattr(skimage.data, name)()[..., :3])
+
+def _crop(rng, img:np.ndarray, size:int, scale=(0.25, 0.6)) -> Image.Image:
+    "A random square crop of `img` (its side `scale` of the short side), maybe mirrored, resized to `size`."
+    h, w = img.shape[:2]
+    side = int(min(h, w) * rng.uniform(*scale))
+    y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+    im = Image.fromarray(img[y:y + side, x:x + side]).resize((size, size), Image.BILINEAR)
+    return im.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else im
+
+def write_photo_folders(root:str|Path, classes=('astronaut', 'chelsea', 'coffee', 'rocket'), n:int=24, size:int=64, seed:int=0,
+                        quality:int=90) -> Path:
+    "An image-folder dataset of real photos: `n` random crops (JPEG, `size` px) of each photo in `classes`, one folder a class."
+    root, rng = Path(root), np.random.default_rng(seed)
+    for c in classes:
+        img = photo(c)
+        (root/c).mkdir(parents=True, exist_ok=True)
+        for i in range(n): _crop(rng, img, size).save(root/c/f'{c}_{i:03d}.jpg', quality=quality)
+    return root
+
+def _ellipse(rng, size:int, box) -> np.ndarray:
+    "A (size, size) bool mask of an ellipse filling `box` (x0, y0, x1, y1), as a 24-sided polygon (the COCO segmentation)."
+    x0, y0, x1, y1 = box
+    t = np.linspace(0, 2 * np.pi, 24, endpoint=False) + rng.uniform(0, np.pi)
+    cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
+    poly = [(float(cx + rx * np.cos(a)), float(cy + ry * np.sin(a))) for a in t]
+    m = Image.new('L', (size, size)); ImageDraw.Draw(m).polygon(poly, fill=1)
+    return np.array(m, dtype=bool)
+
+def write_photo_scenes(root:str|Path, classes=('chelsea', 'coffee', 'rocket'), n:int=24, size:int=64, objects=(1, 3), seed:int=0,
+                       quality:int=90) -> Path:
+    "`n` scenes of photo crops pasted (as ellipses) on textured backgrounds: `images/*.jpg`, a COCO `annotations.json` and class-index `masks/*.png`."
+    from skimage.data import grass, gravel, brick
+    root, rng = Path(root), np.random.default_rng(seed)
+    (root/'images').mkdir(parents=True, exist_ok=True); (root/'masks').mkdir(exist_ok=True)
+    photos, textures = [photo(c) for c in classes], [grass(), gravel(), brick()]
+    coco = {'images': [], 'annotations': [], 'categories': [{'id': k + 1, 'name': c} for k, c in enumerate(classes)]}
+    for i in range(n):
+        tex = textures[rng.integers(len(textures))]
+        bg = np.array(_crop(rng, np.stack([tex] * 3, -1), size, (0.3, 0.8)), dtype=np.float32)
+        bg = bg * rng.uniform(0.4, 1.0, 3) * 0.8  # a tinted, darker ground
+        mask, boxes = np.zeros((size, size), np.uint8), []
+        for _ in range(rng.integers(objects[0], objects[1] + 1)):
+            for _try in range(20):  # objects do not overlap, so each box and mask is all of its object
+                s = int(size * rng.uniform(0.3, 0.5))
+                x0, y0 = rng.integers(0, size - s + 1, 2)
+                box = (int(x0), int(y0), int(x0) + s, int(y0) + s)
+                if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in boxes): break
+            else: continue
+            k = int(rng.integers(len(classes)))
+            shape = _ellipse(rng, size, box)
+            patch = np.zeros((size, size, 3), np.float32)
+            patch[box[1]:box[3], box[0]:box[2]] = np.array(_crop(rng, photos[k], s, (0.5, 0.9)), dtype=np.float32)
+            bg[shape] = patch[shape]; mask[shape] = k + 1
+            ys, xs = np.nonzero(shape)
+            boxes.append(box)
+            coco['annotations'].append({'id': len(coco['annotations']) + 1, 'image_id': i + 1, 'category_id': k + 1, 'iscrowd': 0,
+                                        'bbox': [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)],
+                                        'area': int(shape.sum())})
+        name = f'scene_{i:03d}'
+        Image.fromarray(bg.clip(0, 255).astype(np.uint8)).save(root/'images'/f'{name}.jpg', quality=quality)
+        Image.fromarray(mask).save(root/'masks'/f'{name}.png')
+        coco['images'].append({'id': i + 1, 'file_name': f'{name}.jpg', 'width': size, 'height': size})
+    (root/'annotations.json').write_text(json.dumps(coco, indent=1))
+    return root
+

@@ -27,7 +27,8 @@ from .versioning.checkpoint import (CheckpointManager, config_hash, to_jsonable,
 __all__ = ['TrainConfig', 'default_param_groups', 'build_optimizer', 'warmup_factor', 'build_scheduler', 'Callback',
            'EarlyStopping', 'History', 'dist_info', 'is_main_process', 'init_distributed', 'convert_sync_batchnorm',
            'reset_peak_memory', 'peak_memory_mb', 'enable_grad_checkpointing', 'seed_worker', 'TrainStep', 'Trainer',
-           'batch_to_device', 'precision_autocast', 'NonFiniteError', 'Evaluation', 'run_evaluation', 'evaluate']
+           'batch_to_device', 'precision_autocast', 'NonFiniteError', 'Evaluation', 'run_evaluation', 'evaluate',
+           'phase_of', 'LRFinder', 'lr_find']
 
 # %% ../nbs/06_training.ipynb #a51c7af8
 @dataclass
@@ -43,6 +44,7 @@ class TrainConfig(ComponentConfig):
     schedule: Literal['onecycle', 'cosine', 'constant'] = config_field('onecycle', doc='learning-rate schedule, stepped every optimizer step')
     warmup_epochs: float = config_field(0, doc='linear warmup (cosine, constant); the rising phase of one-cycle (0: its default 30%)', ge=0)
     backbone_lr_mult: float = config_field(1.0, doc="the backbone's learning rate as a multiple of `lr`", gt=0)
+    freeze_epochs: int = config_field(0, doc="fine-tuning (fastai's `fine_tune`): the first N of `epochs` train the head on a frozen backbone, then all of it trains", ge=0)
     layer_decay: float | None = config_field(None, doc="layer-wise LR decay: each backbone depth's rate x this per level below the head (None: off)", gt=0, le=1)
     label_smoothing: float = config_field(0.0, doc='label smoothing of the classification loss', ge=0, lt=1)
     precision: Literal['fp32', 'bf16', 'fp16'] = config_field('fp32', doc='autocast dtype (fp16 only on CUDA, with a GradScaler)')
@@ -66,6 +68,8 @@ class TrainConfig(ComponentConfig):
     def check(self):
         if self.optimizer == 'sgd' and self.nesterov and self.momentum == 0:
             raise self.error('nesterov', 'False when momentum is 0 (Nesterov needs momentum)')
+        if self.freeze_epochs > self.epochs:
+            raise self.error('freeze_epochs', f'at most epochs ({self.epochs}): the frozen epochs are the first of them')
 
     def error(self, *args, **kwargs) -> ConfigError: return super().error(*args, **kwargs).for_component('TrainConfig')
     def _repr_markdown_(self): return super()._repr_markdown_().replace('**Train**', '**TrainConfig**', 1)
@@ -105,9 +109,9 @@ def warmup_factor(step:int, total:int, warmup:int=0, schedule:str='cosine') -> f
     t = (step - warmup) / max(total - warmup, 1)
     return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
-def build_scheduler(optimizer:torch.optim.Optimizer, config:TrainConfig, steps_per_epoch:int):
-    "The per-step schedule of `config` for `steps_per_epoch` optimizer steps in each of `config.epochs`."
-    c, total = config, config.epochs * steps_per_epoch
+def build_scheduler(optimizer:torch.optim.Optimizer, config:TrainConfig, steps_per_epoch:int, epochs:int|None=None):
+    "The per-step schedule of `config` for `steps_per_epoch` optimizer steps in each of `epochs` (default: `config.epochs`)."
+    c, total = config, (epochs or config.epochs) * steps_per_epoch
     warmup = round(c.warmup_epochs * steps_per_epoch)
     if c.schedule == 'onecycle':
         pct = min(warmup / total, 1.0) if warmup else 0.3
@@ -265,8 +269,14 @@ class Trainer:
         self.train_loader = self.make_loader(train_dataset, train=True)
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0: raise ValueError('Trainer: the training set gives no batch; is it empty?')
+        if c.freeze_epochs and not all(callable(getattr(self.model, f, None)) for f in ('freeze_backbone', 'unfreeze')):
+            raise ConfigError('TrainConfig', 'freeze_epochs', '0 for a model without `freeze_backbone()` and `unfreeze()` (every BaseArchitecture has them)',
+                              c.freeze_epochs, hint=f'the model is a {type(self.model).__qualname__}')
         self.optimizer = build_optimizer(self.model, c)
-        self.scheduler = build_scheduler(self.optimizer, c, math.ceil(self.steps_per_epoch / c.accumulate))
+        self.base_lrs = [g['lr'] for g in self.optimizer.param_groups]  # each phase's schedule starts from them
+        self.updates_per_epoch = math.ceil(self.steps_per_epoch / c.accumulate)
+        self.phase = None  # 'frozen' or 'unfrozen' once fit starts a fine-tuning run (freeze_epochs > 0)
+        self.scheduler = build_scheduler(self.optimizer, c, self.updates_per_epoch, c.freeze_epochs or None)
         self.scaler = torch.amp.GradScaler('cuda') if c.precision == 'fp16' else None
         self.callbacks = list(callbacks)
         self.history, self.epoch, self.step, self.stop_training, self.skipped_steps = History(), 0, 0, False, 0
@@ -274,7 +284,8 @@ class Trainer:
         self.last_evaluation, self.live = None, None
         net = TrainStep(self.model, c)
         if self.distributed:
-            net = nn.parallel.DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
+            net = nn.parallel.DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
+                                                      find_unused_parameters=c.freeze_epochs > 0)  # the frozen backbone gets no gradients
         self.train_model = torch.compile(net) if c.compile else net
 
     @property
@@ -570,11 +581,31 @@ def resume(self:Trainer) -> int:
         say(f'Trainer: not resuming from {str(mgr.last_path)!r}: it was trained with another run config '
             f"(differs in {', '.join(diff[:6])}{', ...' if len(diff) > 6 else ''}); starting fresh")
         self._clear_checkpoints(); return 0
+    self.enter_phase(meta['epoch'])  # the schedule of the checkpoint's phase takes its saved state
     ck = mgr.resume(self.model, self.optimizer, self.scheduler, self.scaler, restore_rng=True, map_location=self.device)
     self.history = History(ck.meta['extra'].get('history') or [])
     self.step = ck.meta['extra'].get('step', 0)
     say(f'Trainer: resumed from {str(ck.path)!r} (epoch {ck.epoch} of {self.config.epochs})')
     return ck.epoch
+
+# %% ../nbs/06_training.ipynb #1b866401
+def phase_of(epoch:int, freeze_epochs:int) -> str|None:
+    "The fine-tuning phase of `epoch` (from 1): 'frozen' for the first `freeze_epochs`, 'unfrozen' after; None when not fine-tuning."
+    if not freeze_epochs: return None
+    return 'frozen' if epoch <= freeze_epochs else 'unfrozen'
+
+@patch
+def enter_phase(self:Trainer, epoch:int):
+    "Freeze or unfreeze the backbone for `epoch`; the unfrozen phase starts its own schedule from the configured learning rates."
+    c = self.config
+    phase = phase_of(epoch, c.freeze_epochs)
+    if phase is None or phase == self.phase: return
+    if phase == 'frozen': self.model.freeze_backbone()
+    else:
+        self.model.unfreeze()
+        for g, lr in zip(self.optimizer.param_groups, self.base_lrs): g['lr'] = lr
+        self.scheduler = build_scheduler(self.optimizer, c, self.updates_per_epoch, c.epochs - c.freeze_epochs)
+    self.phase = phase
 
 # %% ../nbs/06_training.ipynb #93950313
 def _numbers(row:dict) -> dict:
@@ -593,6 +624,7 @@ def _log(self:Trainer, row:dict):
     if self.live is None: return
     self.live.step = row['epoch'] - 1
     for k, v in _numbers(row).items(): self.live.log_metric(k, v)
+    if 'phase' in row: self.live.log_metric('frozen', int(row['phase'] == 'frozen'))  # dvclive logs numbers: the phase as 1/0
     self.live.next_step()
 
 @patch
@@ -620,10 +652,11 @@ def fit(self:Trainer) -> History:
     try:
         for epoch in range(start + 1, c.epochs + 1):
             self.epoch = epoch
+            self.enter_phase(epoch)
             for cb in self.callbacks: cb.on_epoch_start(self, epoch)
             reset_peak_memory(self.device)
             t0 = time.perf_counter()
-            row = {'epoch': epoch, 'train_loss': self.train_epoch(epoch)}
+            row = {'epoch': epoch, **({'phase': self.phase} if self.phase else {}), 'train_loss': self.train_epoch(epoch)}
             if c.skip_nonfinite: row['skipped_steps'] = self.skipped_steps
             if bad := nonfinite_tensors(self.model):
                 raise self.nonfinite_error(f'the weights hold nan/inf ({describe_nonfinite(bad)})', f'after epoch {epoch}',
@@ -658,3 +691,104 @@ def load_best(self:Trainer) -> Path|None:
     p = self.checkpoints.best_path
     load_checkpoint(p, self.model, map_location=self.device)
     return p
+
+# %% ../nbs/06_training.ipynb #5cbc6403
+def _valley(losses:list[float]) -> int:
+    "fastai's `valley`: the index a third of the way (and a sixth) into the longest stretch of falling loss."
+    n, run, end = len(losses), [1] * len(losses), 0
+    for i in range(1, n):
+        for j in range(i):
+            if losses[i] < losses[j] and run[i] < run[j] + 1: run[i] = run[j] + 1
+        if run[end] < run[i]: end = i
+    start = end - run[end] + 1
+    third = (end - start) / 3
+    return min(start + int(third) + int(third / 2), n - 1)
+
+def _steepest(lrs:list[float], losses:list[float]) -> int:
+    "The index where the loss falls fastest per decade of learning rate."
+    slopes = [(losses[i + 1] - losses[i]) / (math.log(lrs[i + 1]) - math.log(lrs[i])) for i in range(len(lrs) - 1)]
+    return min(range(len(slopes)), key=slopes.__getitem__)
+
+@dataclass
+class LRFinder:
+    "What `lr_find` returns: the learning rates tried, the smoothed (and raw) losses, and the suggested learning rate."
+    lrs: list
+    losses: list
+    raw_losses: list
+    suggestions: dict
+    method: str = 'valley'
+    start_lr: float = 1e-7
+    end_lr: float = 10.0
+    diverged: bool = False
+
+    @property
+    def suggestion(self) -> float:
+        "The learning rate `method` picks: 'valley' (fastai's default) or 'steepest' (the steepest descent of the smoothed loss)."
+        return self.suggestions[self.method]
+
+    def plot(self, figsize=(5, 3.2)):
+        "Smoothed loss against learning rate (log scale), the suggestions marked."
+        from matplotlib.figure import Figure
+        fig = Figure(figsize=figsize); ax = fig.subplots()
+        ax.plot(self.lrs, self.losses, label='smoothed loss')
+        ax.plot(self.lrs, self.raw_losses, alpha=0.25, color='C0', label='batch loss')
+        for i, (k, lr) in enumerate(self.suggestions.items()):
+            y = self.losses[self.lrs.index(lr)]
+            ax.plot([lr], [y], 'o', color=f'C{i + 1}', label=f'{k}: {lr:.2g}' + (' (suggested)' if k == self.method else ''))
+        lo, hi = min(self.losses + self.raw_losses), max(self.losses[0], min(self.losses) * 2)
+        ax.set(xscale='log', xlabel='learning rate', ylabel='loss', title='learning-rate range test', ylim=(lo - 0.1 * (hi - lo), hi + 0.3 * (hi - lo)))
+        ax.legend(fontsize=8); fig.tight_layout()
+        return fig
+
+    def _repr_markdown_(self):
+        others = ', '.join(f'{k} {v:.3g}' for k, v in self.suggestions.items() if k != self.method)
+        end = 'stopped when the loss diverged' if self.diverged else f'to {self.lrs[-1]:.3g}'
+        return (f'suggested lr **{self.suggestion:.3g}** ({self.method}; {others}); {len(self.lrs)} steps from '
+                f'{self.lrs[0]:.3g} {end}')
+
+def lr_find(model:nn.Module, dataset:Dataset, start_lr:float=1e-7, end_lr:float=10.0, num_it:int=100, config=None,
+            method:str='valley', beta:float=0.98, diverge:float=4.0, **overrides) -> LRFinder:
+    "The LR range test (Smith 2015, fastai's `lr_find`): `num_it` steps at learning rates rising exponentially from `start_lr` to `end_lr`, on a copy of the weights."
+    if not 0 < start_lr < end_lr: raise ValueError(f'lr_find: expected 0 < start_lr < end_lr, got start_lr={start_lr!r}, end_lr={end_lr!r}')
+    if num_it < 5: raise ValueError(f'lr_find: num_it expected at least 5 steps, got {num_it!r}')
+    if method not in ('valley', 'steepest'): raise ValueError(f"lr_find: method expected 'valley' or 'steepest', got {method!r}")
+    fixed = dict(epochs=1, freeze_epochs=0, schedule='constant', warmup_epochs=0, accumulate=1, live_dir=None, checkpoint_dir=None,
+                 compile=False, skip_nonfinite=True, sync_batchnorm=False, grad_checkpointing=False, channels_last=False)
+    c = TrainConfig.resolve(config, **{**overrides, **fixed})  # one plain process; a diverging step ends the test
+    device, saved = _model_device(model), {k: v.detach().clone() for k, v in model.state_dict().items()}
+    grads, was_training = {n: p.requires_grad for n, p in model.named_parameters()}, model.training
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        if c.seed is not None: seed_everything(c.seed, deterministic=c.deterministic)
+        t = Trainer(model, dataset, config=c)
+        ratio = (end_lr / start_lr) ** (1 / (num_it - 1))
+        t.scheduler = torch.optim.lr_scheduler.LambdaLR(t.optimizer, lambda i: start_lr / c.lr * ratio ** i)  # every group keeps its ratio to lr
+        lrs, raw, smooth, avg, best, diverged, epoch, lr = [], [], [], 0.0, math.inf, False, 0, start_lr
+        try:
+            t.train_model.train()
+            while len(lrs) < num_it and not diverged:
+                epoch += 1
+                t.train_loader.sampler.set_epoch(epoch)
+                for batch in t.train_loader:
+                    x, y = t.to_device(batch)
+                    lr = t.optimizer.param_groups[0]['lr'] / t.base_lrs[0] * c.lr
+                    loss = t.training_loss(t.train_model, x, y)
+                    v = float(loss.detach())
+                    if not math.isfinite(v): diverged = True; break
+                    loss.backward()
+                    if not t.optimizer_step(f'lr_find step {len(lrs) + 1}', x): diverged = True; break
+                    avg = beta * avg + (1 - beta) * v
+                    s = avg / (1 - beta ** (len(lrs) + 1))  # bias-corrected, as Adam's moments
+                    lrs.append(lr); raw.append(v); smooth.append(s)
+                    best = min(best, s)
+                    if s > diverge * best: diverged = True; break
+                    if len(lrs) == num_it: break
+        finally:
+            model.to(device).load_state_dict(saved)
+            for n, p in model.named_parameters(): p.requires_grad_(grads[n])
+            model.train(was_training)
+    if len(lrs) < 5:
+        raise ValueError(f'lr_find: the loss diverged after {len(lrs)} steps (at lr {lr:.3g}); start lower than start_lr={start_lr:g}')
+    a, b = (num_it // 10, len(lrs) - 5) if len(lrs) > 20 else (0, len(lrs))  # as fastai: the first points are noise, the last the divergence
+    sl, sm = lrs[a:b], smooth[a:b]
+    sugg = {'valley': sl[_valley(sm)], 'steepest': sl[_steepest(sl, sm)]}
+    return LRFinder(lrs, smooth, raw, sugg, method, start_lr, end_lr, diverged)
