@@ -17,6 +17,7 @@ from ..architectures import BaseArchitecture
 from ..factory import create_model
 from ..data import DigitsDataset, ShapesDataset
 from ..training import Trainer, TrainConfig
+from ..precision import inference_context, inference_precision
 from .builder import figure_png
 
 # %% auto #0
@@ -105,13 +106,13 @@ def stage_names(model:nn.Module) -> list[str]:
     if isinstance(b, VisionTransformer): return [f'{_prefix(model)}blocks.{i}' for i in range(len(b.blocks))]
     return [_prefix(model) + m for m in b.feature_info.module_name()]
 
-def capture(model:nn.Module, x:torch.Tensor, names:list[str]) -> tuple[torch.Tensor, dict]:
-    "Run `model` on `x` with forward hooks on `names`; returns its output and `{name: output}`."
+def capture(model:nn.Module, x:torch.Tensor, names:list[str], precision:str='auto') -> tuple[torch.Tensor, dict]:
+    "Run `model` on `x` in `precision` (`core_models.precision`: 'auto' is the fast path) with forward hooks on `names`; returns its output and `{name: output}`."
     got, handles = {}, []
     for n in names:
         handles.append(model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: got.__setitem__(n, o)))
     try:
-        with torch.no_grad(): out = model(x)
+        with inference_context(x.device, precision, inference_mode=False): out = model(x)  # maps usable with autograd later
     finally:
         for h in handles: h.remove()
     return out, got
@@ -126,13 +127,13 @@ def as_maps(t:torch.Tensor, model:nn.Module) -> torch.Tensor:
     return tokens.transpose(1, 2).reshape(t.shape[0], t.shape[2], side, -1)
 
 # %% ../../nbs/widgets/01_features.ipynb #eee4b8be
-def vit_attentions(model:nn.Module, x:torch.Tensor) -> list[torch.Tensor]:
-    "Every block's attention weights `(B, heads, 1 + N, 1 + N)` for input `x`."
+def vit_attentions(model:nn.Module, x:torch.Tensor, precision:str='auto') -> list[torch.Tensor]:
+    "Every block's attention weights `(B, heads, 1 + N, 1 + N)` (fp32) for input `x`, the forward pass in `precision`."
     blocks = _backbone(model).blocks
     for b in blocks: b.attn.store_attention = True
     try:
-        with torch.no_grad(): model(x)
-        return [b.attn.attention for b in blocks]
+        with inference_context(x.device, precision, inference_mode=False): model(x)
+        return [b.attn.attention.float() for b in blocks]
     finally:
         for b in blocks: b.attn.store_attention, b.attn.attention = False, None
 
@@ -170,8 +171,9 @@ PER_PAGE = 16
 class FeatureMapExplorer(W.VBox):
     "Feature maps, ViT attention and Grad-CAM of a model on an image, with the top predictions."
     def __init__(self, models=None, registry=None, image:str='digit 3', classes:list[str]|None=None, img_size:int=64,
-                 normalize=False):
+                 normalize=False, precision:str='auto'):
         _check_normalize(normalize)
+        self.precision = inference_precision('cpu', precision)  # forward passes (not Grad-CAM's, which needs fp32 gradients)
         self._hold, self.registry, self.classes, self.img_size, self._normalize = True, registry, classes, img_size, normalize
         if isinstance(models, nn.Module): models = {type(models).__name__: models}
         self._models = dict(models) if models is not None else {DEFAULT_MODEL: trained_digits_model()}
@@ -274,7 +276,7 @@ def update(self:FeatureMapExplorer):
     try:
         x = prepare_image(m, img, self.normalize)
         if view == 'feature maps':
-            logits, got = capture(m, x, [layer])
+            logits, got = capture(m, x, [layer], self.precision)
             fmap = shown['maps'] = _cpu(as_maps(got[layer], m)[0])
             pages = max((fmap.shape[0] - 1) // PER_PAGE, 0)
             self._hold = True
@@ -285,8 +287,8 @@ def update(self:FeatureMapExplorer):
             _grid(fig, [fmap[c] for c in chans], [f'ch {c}' for c in chans])
             fig.suptitle(f'{layer}: {tuple(fmap.shape)}', fontsize=10)
         elif view in ('attention', 'rollout'):
-            with torch.no_grad(): logits = m(x)
-            atts = vit_attentions(m, x)
+            with inference_context(x.device, self.precision, inference_mode=False): logits = m(x)
+            atts = vit_attentions(m, x, self.precision)
             g = as_maps(torch.zeros(1, atts[0].shape[-1], 1), m).shape[-2:]
             if view == 'attention':
                 a = shown['attention'] = _cpu(atts[int(layer.rsplit('.', 1)[1])][0, :, 0, 1:]).reshape(-1, *g)
