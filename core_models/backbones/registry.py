@@ -15,8 +15,8 @@ from .simple import SimpleCNN
 from .weights import load_weights
 
 # %% auto #0
-__all__ = ['SIMPLE_CNN_VARIANTS', 'Variant', 'build_variant', 'BackboneEntry', 'register_backbone', 'list_backbones',
-           'get_backbone_entry', 'simple_cnn', 'simple_cnn_deep', 'create_backbone']
+__all__ = ['SIMPLE_CNN_VARIANTS', 'Variant', 'build_variant', 'BackboneEntry', 'register_backbone', 'register_backbone_source',
+           'list_backbones', 'get_backbone_entry', 'simple_cnn', 'simple_cnn_deep', 'create_backbone']
 
 # %% ../../nbs/backbones/00c_registry.ipynb #8da19a09
 @dataclass
@@ -91,13 +91,30 @@ def register_backbone(fn:Callable|None=None, *, name:str|None=None, aliases:tupl
         return fn
     return deco(fn) if fn is not None else deco
 
+_SOURCES: dict[str, tuple[Callable[[str], BackboneEntry], Callable[[str], list[str]]]] = {}
+
+def register_backbone_source(prefix:str, entry:Callable[[str], BackboneEntry], names:Callable[[str], list[str]]):
+    "Backbones named `'<prefix>/<name>'`, made on demand: `entry(name)` gives the entry, `names(pattern)` the names (a library's thousand models, not registered one by one)."
+    if not isinstance(prefix, str) or not prefix or '/' in prefix:
+        raise ValueError(f'register_backbone_source: expected a prefix without "/" (e.g. "timm"), got {prefix!r}')
+    _SOURCES[prefix] = (entry, names)
+
+def _source(name:str):
+    "The source whose prefix `name` starts with (`'timm/...'`), and the rest of the name."
+    prefix, sep, rest = name.partition('/')
+    return (_SOURCES[prefix], rest) if sep and prefix in _SOURCES else (None, name)
+
 def list_backbones(pattern:str='*') -> list[str]:
-    "Sorted names of the registered backbones matching the glob `pattern` (e.g. `'resnet*'`)."
+    "Sorted names of the registered backbones matching the glob `pattern` (e.g. `'resnet*'`); a source's names when the pattern starts with its prefix (`'timm/convnext*'`)."
+    src, rest = _source(pattern)
+    if src is not None: return sorted(f"{pattern.partition('/')[0]}/{n}" for n in src[1](rest))
     return _BACKBONES.names(pattern, aliases=False)
 
 def get_backbone_entry(name:str) -> BackboneEntry:
-    "The registry entry of `name` (or of the backbone it is an alias of)."
+    "The registry entry of `name` (or of the backbone it is an alias of, or of a source's `'<prefix>/<name>'`)."
     if not isinstance(name, str): raise TypeError(f'create_backbone: expected a backbone name (str), got {name!r}')
+    src, rest = _source(name)
+    if src is not None and name not in _BACKBONES: return src[0](rest)
     return _BACKBONES.get(name)
 
 # %% ../../nbs/backbones/00c_registry.ipynb #93297f7b
