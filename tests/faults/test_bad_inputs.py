@@ -226,6 +226,28 @@ add('backbone/img-size-negative', lambda tmp: create_backbone('simple_cnn', img_
 add('backbone/img-size-zero-tuple', lambda tmp: create_backbone('efficientnet_b0', img_size=(224, 0)), ConfigError, 'EfficientNet', '`img_size`', '(224, 0)')
 add('backbone/img-size-zero-vit', lambda tmp: create_backbone('vit_tiny_16', img_size=0), ConfigError, '`img_size`', '>= 1', 'got 0')
 
+# -- weights a user names (model.backbone: {name, weights}) and fine-tuning settings ------------------------------------
+
+add('weights/params-file-missing', lambda tmp: create_model('cnn', backbone={'name': 'resnet18', 'weights': str(tmp/'resnet18.pth')}, num_classes=3),
+    WeightsError, 'resnet18.pth', 'does not exist')
+
+@case('weights/params-file-of-another-variant', WeightsError, "ResNet: weights '", "r18.pth': the weights do not match the model: missing ['layer1.2.")
+def _(tmp):
+    import torchvision
+    torch.save(torchvision.models.resnet18().state_dict(), tmp/'r18.pth')
+    return create_model('cnn', backbone={'name': 'resnet34', 'weights': str(tmp/'r18.pth')}, num_classes=3)
+
+@case('weights/params-file-not-a-state-dict', WeightsError, 'tensor.pth', 'holds a Tensor, not a state_dict')
+def _(tmp):
+    torch.save(torch.zeros(3), tmp/'tensor.pth')
+    return create_model('cnn', backbone={'name': 'simple_cnn', 'weights': str(tmp/'tensor.pth')}, num_classes=3)
+
+add('train/freeze-epochs-above-epochs', lambda tmp: TrainConfig(epochs=2, freeze_epochs=3), ConfigError,
+    'TrainConfig', '`freeze_epochs`', 'at most epochs (2)', 'got 3')
+add('train/freeze-epochs-plain-module', lambda tmp: Trainer(nn.Sequential(nn.Flatten(), nn.LazyLinear(10)), DigitsDataset('train', size=8),
+                                                            freeze_epochs=1, device='cpu'),
+    ConfigError, '`freeze_epochs`', '`freeze_backbone()`', 'the model is a Sequential')
+
 
 # -- detection targets ------------------------------------------------------------------------------------------------
 
