@@ -274,8 +274,8 @@ def _model_config(model, config):
 # %% ../../nbs/versioning/00_checkpoint.ipynb #3aff5843
 def save_checkpoint(model:nn.Module, optimizer:torch.optim.Optimizer|None=None, epoch:int|None=None,
                     metrics:dict|None=None, path:Path|str|None=None, *, scheduler=None, scaler=None,
-                    config=None, extra:dict|None=None) -> Path:
-    "Atomically write `model`'s weights, the training state and `meta.json` to the folder `path`; returns it."
+                    config=None, extra:dict|None=None, usage:dict|None=None) -> Path:
+    "Atomically write `model`'s weights, the training state and `meta.json` to the folder `path`; returns it. `usage`: how to feed the model (input size, mean/std, classes; see `core_models.inference.Usage`)."
     if not isinstance(model, nn.Module): raise TypeError(f'save_checkpoint: expected an nn.Module, got {type(model).__name__}')
     if path is None: path = get_settings().path('checkpoint_path')/(f'epoch_{epoch:04d}' if epoch is not None else 'last')
     path = Path(path)
@@ -296,7 +296,8 @@ def save_checkpoint(model:nn.Module, optimizer:torch.optim.Optimizer|None=None, 
             'training_state': {'optimizer': type(optimizer).__name__ if optimizer is not None else None,
                                'scheduler': type(scheduler).__name__ if scheduler is not None else None,
                                'scaler': type(scaler).__name__ if scaler is not None else None},
-            'versions': _versions(), 'git': git_info(), 'extra': extra}
+            'versions': _versions(), 'git': git_info(), 'extra': extra,
+            'usage': to_jsonable(usage, 'usage') if usage is not None else None}
     def write(d:Path):
         with _writing(d/WEIGHTS_NAME, path):
             _st_save_file(weights, d/WEIGHTS_NAME, metadata={'format': 'pt', KEYS_METADATA: json.dumps(list(weights))})
@@ -389,6 +390,10 @@ class Checkpoint:
 
     @property
     def extra(self) -> dict|None: return self.meta.get('extra')
+    @property
+    def usage(self) -> dict|None:
+        "How the model is fed (input size, resize rule, mean/std, colour mode, classes, task), recorded at training time; None in older checkpoints."
+        return self.meta.get('usage')
 
     def _repr_markdown_(self) -> str:
         m = self.meta

@@ -164,7 +164,8 @@ def check_record(d, where:str='meta.json', name:str|None=None, version:str|None=
         raise DamagedRecordError(where, f"records {d['name']} {d['version']}, but lies where {name} {version} belongs")
     for k, types, what in (('config', (dict, type(None)), 'an object or null'), ('metrics', (dict, type(None)), 'an object'),
                            ('environment', (dict, type(None)), 'an object'), ('description', (str, type(None)), 'a string'),
-                           ('created', (str, type(None)), 'a string'), ('git_rev', (str, type(None)), 'a string or null')):
+                           ('created', (str, type(None)), 'a string'), ('git_rev', (str, type(None)), 'a string or null'),
+                           ('usage', (dict, type(None)), 'an object or null')):
         if not isinstance(d.get(k), types): raise bad(k, what, d.get(k))
     w = d.get('weights')
     if w is None: return
@@ -191,6 +192,7 @@ class ModelVersion:
     created: str = ''
     git_rev: str|None = None  # the code revision it was registered from
     environment: dict = field(default_factory=dict)
+    usage: dict|None = None  # how to feed it: input size, resize rule, mean/std, colour mode, classes, task (`core_models.inference.Usage`)
     stages: tuple = ()
     tags: tuple = ()
     deprecated: bool = False
@@ -203,14 +205,14 @@ class ModelVersion:
 
     def record(self) -> dict:
         "What `meta.json` holds."
-        keys = ('name', 'version', 'model_class', 'config', 'weights', 'metrics', 'description', 'created', 'git_rev', 'environment')
+        keys = ('name', 'version', 'model_class', 'config', 'weights', 'metrics', 'description', 'created', 'git_rev', 'environment', 'usage')
         return {'format': _FORMAT, **{k: getattr(self, k) for k in keys}}
 
     @classmethod
     def from_record(cls, d:dict, where:str='meta.json', **labels) -> ModelVersion:
         "The version a `meta.json` describes, every field checked (`where` names the file in the error)."
         check_record(d, where)
-        keys = ('name', 'version', 'model_class', 'config', 'weights', 'metrics', 'description', 'created', 'git_rev', 'environment')
+        keys = ('name', 'version', 'model_class', 'config', 'weights', 'metrics', 'description', 'created', 'git_rev', 'environment', 'usage')
         return cls(**{k: d.get(k) for k in keys if d.get(k) is not None}, **labels)
 
     def _repr_markdown_(self) -> str:
@@ -524,8 +526,8 @@ def _check_rebuild(cls, config, weights:dict|None, lazy=(), why:str=''):
 # %% ../../nbs/versioning/01_registry.ipynb #7bc89958
 @patch
 def register(self:ModelRegistry, name:str, version:str, model, config=None, checkpoint:Path|str|None=None,
-             tags=(), metrics:dict|None=None, description:str|None=None) -> ModelVersion:
-    "Register `model` (a class, an instance or an architecture name) as `name` `version`; in git, commit and tag it (printed)."
+             tags=(), metrics:dict|None=None, description:str|None=None, usage:dict|None=None) -> ModelVersion:
+    "Register `model` (a class, an instance or an architecture name) as `name` `version`; in git, commit and tag it (printed). `usage` (default: the checkpoint's) says how to feed it."
     name, version = check_name(name), parse_version(version)
     tags = [tags] if isinstance(tags, str) else list(tags or ())
     for t in tags:
@@ -547,6 +549,7 @@ def register(self:ModelRegistry, name:str, version:str, model, config=None, chec
         ck = load_checkpoint(checkpoint)  # verifies every digest before reading
         config = config if config is not None else ck.config
         metrics = metrics if metrics is not None else ck.metrics
+        usage = usage if usage is not None else ck.usage
         sd = dict(ck.state_dict)
         for kept, removed in ((ck.meta.get('model') or {}).get('tied') or {}).items():  # tied names stored once
             for k in removed: sd[k] = sd[kept]
@@ -567,7 +570,8 @@ def register(self:ModelRegistry, name:str, version:str, model, config=None, chec
     mv = ModelVersion(name=name, version=version, model_class=cpath, config=cfg, weights=weights,
                       metrics=_jsonable(metrics or {}, 'metrics'), description=description,
                       created=datetime.now(timezone.utc).isoformat(timespec='seconds'), git_rev=rev and rev['revision'],
-                      environment={'torch': torch.__version__, 'core_models': core_models.__version__})
+                      environment={'torch': torch.__version__, 'core_models': core_models.__version__},
+                      usage=_jsonable(usage, 'usage') if usage is not None else None)
     self.root.mkdir(parents=True, exist_ok=True)
     vdir = self._vdir(name, version)
     with self._lock, self._git_session():
@@ -763,6 +767,46 @@ def load(self:ModelRegistry, name:str, version:str='latest', *, device=None) -> 
                                 f"{sorted(set(missing) - set(mv.weights.get('lazy', ())))[:3]}, unexpected {unexpected[:3]}")
     if device is not None: model = model.to(device)
     return model.eval()
+
+# %% ../../nbs/versioning/01_registry.ipynb #0d2d923f
+_EXPORTS = 'exports.json'
+_EXPORT_FILE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')  # a plain name in the version's folder
+
+@patch
+def exports(self:ModelRegistry, name:str, version:str='latest') -> dict:
+    "{format: {'file', 'sha256', 'bytes', 'spec', ...}} of the files exported from `name` `version` (empty when none)."
+    mv = self.get(name, version)
+    f = self._vdir(mv.name, mv.version)/_EXPORTS
+    if not (f.is_file() or f.is_symlink()): return {}
+    d = self._read_json(f)
+    if not isinstance(d, dict): raise DamagedRecordError(f, f'expected a JSON object of formats, got {type(d).__name__}')
+    return d
+
+@patch
+def record_export(self:ModelRegistry, name:str, version:str, format:str, files:list, info:dict|None=None) -> dict:
+    "Record `files` (in the version's folder; the first is the model) as `name` `version`'s `format` export, with `info`; in git, commit them."
+    mv = self.get(name, version)
+    vdir = self._vdir(mv.name, mv.version)
+    paths = [Path(f) for f in files]
+    for f in paths:
+        if f.parent.resolve() != vdir.resolve() or not _EXPORT_FILE.match(f.name) or not f.is_file():
+            raise RegistryError(f"record_export: expected files inside {str(vdir)!r}, got {str(f)!r}")
+    entry = {'file': paths[0].name, 'sha256': sha256_bytes(paths[0].read_bytes()), 'bytes': paths[0].stat().st_size,
+             'files': [f.name for f in paths], 'created': datetime.now(timezone.utc).isoformat(timespec='seconds'),
+             **_jsonable(info or {}, 'info')}
+    with self._lock, self._git_session():
+        done = self.exports(mv.name, mv.version)
+        done[format] = entry
+        ledger = write_atomic(vdir/_EXPORTS, _dumps(done))
+        if self.repo is not None:
+            tracked = [ledger]
+            for f in paths:
+                if self.dvc and f.suffix not in ('.json',):  # the model file: DVC, like the weights; its spec (JSON): git
+                    self._dvc_cli('add', '--quiet', self._rel(f))
+                    tracked += [f.with_name(f.name + '.dvc'), vdir/'.gitignore']
+                else: tracked.append(f)
+            self._commit(tracked, f'Export {mv.name} v{mv.version} as {format}')
+    return entry
 
 # %% ../../nbs/versioning/01_registry.ipynb #133c25bc
 @patch
