@@ -225,6 +225,19 @@ add('backbone/weights-not-tensors', lambda tmp: create_backbone('simple_cnn', we
 add('backbone/img-size-negative', lambda tmp: create_backbone('simple_cnn', img_size=-32), ConfigError, 'SimpleCNN', '`img_size`', '>= 1', '-32')
 add('backbone/img-size-zero-tuple', lambda tmp: create_backbone('efficientnet_b0', img_size=(224, 0)), ConfigError, 'EfficientNet', '`img_size`', '(224, 0)')
 add('backbone/img-size-zero-vit', lambda tmp: create_backbone('vit_tiny_16', img_size=0), ConfigError, '`img_size`', '>= 1', 'got 0')
+add('backbone/timm-unknown-name', lambda tmp: create_backbone('timm/convnext_atoo'), KeyError, "'timm/convnext_atoo'", 'closest: timm/convnext_atto')
+add('backbone/timm-bad-model-arg', lambda tmp: create_backbone('timm/convnext_atto', windw_size=4), ConfigError, 'TimmBackbone', '`model_args`', 'windw_size')
+add('backbone/timm-pyramid-too-many-levels', lambda tmp: create_backbone('timm/vit_tiny_patch16_224', img_size=32, depth=5, features_only=True,
+    out_indices=(0, 1, 2, 3, 4), feature_pyramid=True), ConfigError, '`out_indices`', 'at most 4 levels', '(0, 1, 2, 3, 4)')
+
+@case('backbone/timm-not-installed', ImportError, 'timm', 'pip install core-models[timm]')
+def _(tmp):
+    saved = sys.modules.get('timm')
+    sys.modules['timm'] = None  # what Python does for a missing package: `import timm` fails
+    try: return create_backbone('timm/convnext_atto')
+    finally:
+        if saved is None: del sys.modules['timm']
+        else: sys.modules['timm'] = saved
 
 # -- weights a user names (model.backbone: {name, weights}) and fine-tuning settings ------------------------------------
 
