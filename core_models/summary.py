@@ -10,7 +10,6 @@ import html, math
 from dataclasses import dataclass, field
 from typing import Any
 import torch, torch.nn as nn, torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 # %% auto #0
 __all__ = ['ATTENTION_FLOPS', 'sdpa_flops', 'flop_counter', 'LayerRow', 'ModelSummary', 'summary']
@@ -45,6 +44,7 @@ ATTENTION_FLOPS = {
 
 def flop_counter(**kwargs) -> FlopCounterMode:
     "torch's `FlopCounterMode`, silent, with formulas for the attention operators it misses on the CPU."
+    from torch.utils.flop_counter import FlopCounterMode  # 0.2 s of imports: paid when FLOPs are first counted, not by `import core_models`
     return FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOPS, **kwargs)
 
 # %% ../nbs/02_summary.ipynb #55755a53
