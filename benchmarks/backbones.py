@@ -1,15 +1,25 @@
-"""Throughput of the kit's backbones against torchvision's, on this machine.
+"""Throughput of the kit's backbones against torchvision's and timm's same architecture, on this machine.
 
-Each model is built twice, torchvision's and ours, with the same weights (ours loads torchvision's
-state_dict through its family's key map), and timed forward (eval, no grad) and forward+backward (train
-mode), in fp32 and in channels_last + bf16 autocast. The two implementations are timed in one process,
-alternating every repetition (and which goes first), so that a noisy machine slows both alike; each number
-is the median of `--reps` repetitions after one warm-up. It prints images per second and our/torchvision
-ratios. It is a measurement, not a test: nothing here asserts a speed.
+Each model is built three times: torchvision's, ours loaded from torchvision's state_dict (through its family's
+key map, so the two compute the same function), and timm's same architecture (its own random init: timing does
+not depend on the values). Modes:
 
-    make bench                                          # batch 8 at 224 px, the three default models
-    .venv/bin/python benchmarks/backbones.py --size 64 --reps 2   # a quick look
-    .venv/bin/python benchmarks/backbones.py --models resnet50 --modes fp32-fwd,bf16cl-fwd
+- `fp32-fwd`: eval, no grad, fp32, NCHW; `fp32-fwdbwd`: train mode, forward + backward, fp32;
+- `fast-fwd`: the kit's fast inference path, applied alike to all three: `core_models.precision.fast_layout`
+  (channels-last for convolutional models) inside `inference_context(device, 'auto')` (inference mode + bf16
+  autocast on CPUs with native bf16 and on CUDA, fp32 elsewhere);
+- `fast-fwdbwd` (not by default): forward + backward in channels-last + the same autocast dtype.
+
+The implementations are timed in one process, in turn every repetition (the order reversed every other
+repetition), so a noisy machine slows all alike; each number is the median of `--reps` repetitions after
+`--warmup`. Then the fast path's agreement with fp32 on a fixed batch (`--agree-batch` images, BatchNorm
+statistics randomised so an untrained net gives varied logits): top-1 agreement, max |diff| relative to the
+largest logit, and the smallest cosine similarity of the logit vectors. It prints ONE table; it is a
+measurement, not a test: nothing here asserts a speed.
+
+    make bench                                                      # batch 8 at 224 px, the three models
+    .venv/bin/python benchmarks/backbones.py --size 64 --reps 2     # a quick look
+    .venv/bin/python benchmarks/backbones.py --models resnet50 --modes fp32-fwd,fast-fwd --peers torchvision
 """
 from __future__ import annotations
 import argparse, contextlib, importlib, os, platform, statistics, sys, time
@@ -17,24 +27,30 @@ import torch, torch.nn as nn
 import torchvision
 
 FAMILIES = ('resnet', 'vit', 'efficient')  # core_models.backbones.<family> registers its models on import
-MODES = {  # name: (channels_last + bf16 autocast, backward)
+MODES = {  # name: (fast path, backward)
     'fp32-fwd': (False, False), 'fp32-fwdbwd': (False, True),
-    'bf16cl-fwd': (True, False), 'bf16cl-fwdbwd': (True, True),
+    'fast-fwd': (True, False), 'fast-fwdbwd': (True, True),
 }
+DEFAULT_MODES = 'fp32-fwd,fp32-fwdbwd,fast-fwd'
+TIMM_NAMES = {'vit_b_16': 'vit_base_patch16_224', 'vit_b_32': 'vit_base_patch32_224', 'vit_l_16': 'vit_large_patch16_224',
+              'vit_small_16': 'vit_small_patch16_224', 'vit_tiny_16': 'vit_tiny_patch16_224'}  # else the same name
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--models', default='resnet50,vit_b_16,efficientnet_b0', help='comma-separated backbone names')
+    p.add_argument('--models', default='resnet50,efficientnet_b0,vit_b_16', help='comma-separated backbone names')
     p.add_argument('--batch', type=int, default=8, help='images per step')
     p.add_argument('--size', type=int, default=224, help='image side in pixels')
     p.add_argument('--reps', type=int, default=5, help='timed repetitions per implementation (median reported)')
     p.add_argument('--warmup', type=int, default=1, help='untimed repetitions first')
-    p.add_argument('--modes', default=','.join(MODES), help=f'comma-separated, from {", ".join(MODES)}')
+    p.add_argument('--modes', default=DEFAULT_MODES, help=f'comma-separated, from {", ".join(MODES)}')
+    p.add_argument('--peers', default='torchvision,timm', help='comma-separated peers: torchvision, timm')
+    p.add_argument('--agree-batch', type=int, default=16, help='images in the fixed batch of the agreement check (0: skip)')
     p.add_argument('--threads', type=int, default=os.cpu_count(), help='torch.set_num_threads (default: os.cpu_count())')
     p.add_argument('--device', default='cpu', help='cpu or cuda')
     args = p.parse_args(argv)
-    args.models, args.modes = args.models.split(','), args.modes.split(',')
+    args.models, args.modes, args.peers = args.models.split(','), args.modes.split(','), args.peers.split(',')
     if bad := [m for m in args.modes if m not in MODES]: p.error(f'unknown mode(s) {bad}; choose from {list(MODES)}')
+    if bad := [m for m in args.peers if m not in ('torchvision', 'timm')]: p.error(f'unknown peer(s) {bad}; choose from torchvision, timm')
     return args
 
 def import_families() -> dict[str, str]:
@@ -51,43 +67,51 @@ def randomise_zeros_(model: nn.Module):
         for p in model.parameters():
             if p.ndim >= 2 and not p.any(): p.normal_(0, 0.02)
 
-def build_pair(name: str, size: int):
-    "torchvision's `name` (random init) and ours loaded from its state_dict."
+def build_models(name: str, size: int, peers) -> dict[str, nn.Module]:
+    "Ours loaded from torchvision's `name` (random init, BatchNorm statistics randomised), and the peers asked for."
     from core_models.backbones import create_backbone
     from core_models.backbones.base import get_backbone_entry
+    from core_models.testing import randomize_norms_
     entry = get_backbone_entry(name)
-    sized = {'image_size': size} if entry.family == 'vit' or name.startswith('vit') else {}
-    theirs = torchvision.models.get_model(entry.torchvision or name, **sized)
-    randomise_zeros_(theirs)
-    ours = create_backbone(name, num_classes=1000, weights=theirs.state_dict(),
-                           **({'img_size': size} if sized else {}))
-    return ours, theirs
+    vit = entry.family == 'vit' or name.startswith('vit')
+    tv = torchvision.models.get_model(entry.torchvision or name, **({'image_size': size} if vit else {}))
+    randomise_zeros_(tv); randomize_norms_(tv)
+    models = {'ours': create_backbone(name, num_classes=1000, weights=tv.state_dict(), **({'img_size': size} if vit else {}))}
+    if 'torchvision' in peers: models['torchvision'] = tv
+    if 'timm' in peers:
+        try:
+            import timm
+            models['timm'] = timm.create_model(TIMM_NAMES.get(name, name), pretrained=False, num_classes=1000,
+                                               **({'img_size': size} if vit else {}))
+        except Exception as e: print(f'  {name}: no timm peer ({type(e).__name__}: {e})')
+    return models
 
-def max_diff(ours, theirs, x) -> float:
-    ours.eval(); theirs.eval()
-    with torch.no_grad(): return (ours(x) - theirs(x)).abs().max().item()
-
-def make_step(model: nn.Module, x: torch.Tensor, bf16_cl: bool, backward: bool, device: torch.device):
-    "A function running one timed step of `model` on `x` in the given mode, and the model prepared for it."
+def make_step(model: nn.Module, x: torch.Tensor, fast: bool, backward: bool, device: torch.device):
+    "A function running one timed step of `model` on `x` in the given mode (the model is prepared for it)."
+    from core_models.precision import fast_layout, inference_context, inference_precision, precision_dtype
     model.train(backward)
-    fmt = torch.channels_last if bf16_cl else torch.contiguous_format
-    model.to(memory_format=fmt)
-    x = x.contiguous(memory_format=fmt)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16_cl else contextlib.nullcontext
+    model.to(memory_format=torch.contiguous_format)
+    if fast:
+        fast_layout(model)
+        if next(model.parameters()).is_contiguous(memory_format=torch.channels_last) or any(
+                m.weight.is_contiguous(memory_format=torch.channels_last) and m.weight.ndim == 4 and m.weight.shape[-1] > 1
+                for m in model.modules() if isinstance(m, nn.Conv2d)):
+            x = x.contiguous(memory_format=torch.channels_last)
+    p = inference_precision(device, 'auto') if fast else 'fp32'
     def step():
         if backward:
             model.zero_grad(set_to_none=True)
-            with autocast(): out = model(x)
+            with torch.autocast(device.type, dtype=precision_dtype(p), enabled=p != 'fp32'): out = model(x)
             out.float().mean().backward()
         else:
-            with torch.no_grad(), autocast(): model(x)
+            with inference_context(device, p): model(x)
     return step
 
 def sync(device):
     if device.type == 'cuda': torch.cuda.synchronize()
 
 def time_interleaved(steps: dict, reps: int, warmup: int, device) -> dict[str, float]:
-    "Median seconds per step of each of `steps`, alternating them (and their order) every repetition."
+    "Median seconds per step of each of `steps`, taking turns (the order reversed every other repetition)."
     times = {k: [] for k in steps}
     names = list(steps)
     for r in range(warmup + reps):
@@ -96,6 +120,18 @@ def time_interleaved(steps: dict, reps: int, warmup: int, device) -> dict[str, f
             steps[k](); sync(device)
             if r >= warmup: times[k].append(time.perf_counter() - t)
     return {k: statistics.median(v) for k, v in times.items()}
+
+def agreement(model: nn.Module, x: torch.Tensor, device) -> dict[str, float]:
+    "The fast path's logits against fp32's on `x`: top-1 agreement, max |diff| / max |logit|, min cosine."
+    from core_models.precision import fast_layout, inference_context
+    model.eval(); model.to(memory_format=torch.contiguous_format)
+    with inference_context(device, 'fp32'): ref = model(x).float()
+    fast_layout(model)
+    with inference_context(device, 'auto') as p: out = model(x).float()
+    model.to(memory_format=torch.contiguous_format)
+    return {'precision': p, 'top1': (out.argmax(1) == ref.argmax(1)).float().mean().item(),
+            'rel': ((out - ref).abs().max() / ref.abs().max()).item(),
+            'cos': torch.nn.functional.cosine_similarity(out, ref, dim=1).min().item()}
 
 def fmt_table(rows, header) -> str:
     cells = [header, *rows]
@@ -110,31 +146,44 @@ def main(argv=None):
     t0 = time.perf_counter()
     missing = import_families()
     from core_models.backbones import list_backbones
-    print(f'torch {torch.__version__}, torchvision {torchvision.__version__}, {platform.processor() or platform.machine()}, '
+    from core_models.precision import bf16_native, inference_precision
+    try: import timm; timm_v = timm.__version__
+    except ImportError: timm_v = 'not installed'
+    print(f'torch {torch.__version__}, torchvision {torchvision.__version__}, timm {timm_v}; '
+          f'{platform.processor() or platform.machine()} ({torch.backends.cpu.get_cpu_capability()}, bf16_native={bf16_native()}), '
           f'{torch.get_num_threads()} threads, device {device}; batch {args.batch}, {args.size} px, '
-          f'median of {args.reps} reps after {args.warmup} warm-up')
+          f'median of {args.reps} reps after {args.warmup} warm-up; fast path = {inference_precision(device)} + channels_last (CNNs)')
     for fam, why in missing.items(): print(f'  family {fam!r} not importable: {why}')
-    rows = []
+    rows, impls = [], ['ours', *args.peers]
     for name in args.models:
         if name not in list_backbones():
             print(f'  {name}: skipped, not registered (its family is missing)'); continue
-        ours, theirs = build_pair(name, args.size)
-        ours, theirs = ours.to(device), theirs.to(device)
+        models = {k: m.to(device) for k, m in build_models(name, args.size, args.peers).items()}
         x = torch.randn(args.batch, 3, args.size, args.size, device=device)
-        diff = max_diff(ours, theirs, x)
+        if 'torchvision' in models:
+            with torch.no_grad():
+                diff = (models['ours'].eval()(x) - models['torchvision'].eval()(x)).abs().max().item()
+        agree = None
+        if args.agree_batch:
+            g = torch.Generator().manual_seed(0)
+            agree = agreement(models['ours'], torch.randn(args.agree_batch, 3, args.size, args.size, generator=g).to(device), device)
         for mode in args.modes:
-            bf16_cl, backward = MODES[mode]
-            steps = {'ours': make_step(ours, x, bf16_cl, backward, device),
-                     'torchvision': make_step(theirs, x, bf16_cl, backward, device)}
-            sec = time_interleaved(steps, args.reps, args.warmup, device)
-            ips = {k: args.batch / s for k, s in sec.items()}
-            rows.append((name, mode, f'{ips["ours"]:.1f}', f'{ips["torchvision"]:.1f}',
-                         f'{ips["ours"] / ips["torchvision"]:.2f}', f'{diff:.1e}'))
-            print(f'  {name} {mode}: ours {ips["ours"]:.1f} img/s, torchvision {ips["torchvision"]:.1f} img/s', flush=True)
-        del ours, theirs
+            fast, backward = MODES[mode]
+            steps = {k: make_step(m, x, fast, backward, device) for k, m in models.items()}
+            ips = {k: args.batch / s for k, s in time_interleaved(steps, args.reps, args.warmup, device).items()}
+            row = [name, mode, *(f'{ips[k]:.1f}' if k in ips else '-' for k in impls),
+                   *(f'{ips["ours"] / ips[k]:.2f}' if k in ips else '-' for k in impls[1:])]
+            row.append(f'{diff:.0e}' if 'torchvision' in models and not fast else '')
+            row.append(f"{agree['top1']:.3f} / {agree['rel']:.3f} / {agree['cos']:.4f}" if agree and fast else '')
+            rows.append(row)
+            print('  ' + ', '.join(f'{k} {v:.1f} img/s' for k, v in ips.items()) + f'  ({name} {mode})', flush=True)
+        del models
+    header = ['model', 'mode', *(f'{k} img/s' for k in impls), *(f'ours/{k}' for k in impls[1:]),
+              'max|ours-tv| fp32', 'fast vs fp32: top-1 / rel|diff| / min cos']
     print()
-    print(fmt_table(rows, ('model', 'mode', 'ours img/s', 'torchvision img/s', 'ours/tv', 'max|diff| fp32')))
-    print(f'\n{time.perf_counter() - t0:.0f} s in all')
+    print(fmt_table(rows, header))
+    print(f'\nfast path: {inference_precision(device)} autocast + channels_last where convolutions dominate '
+          f'(core_models.precision); agreement on a fixed batch of {args.agree_batch}. {time.perf_counter() - t0:.0f} s in all')
     return 0 if rows else 1
 
 if __name__ == '__main__':
