@@ -22,9 +22,10 @@ from ..factory import create_model
 from ..summary import summary, ModelSummary, LayerRow, _fmt_shape, _fmt_flops
 
 # %% auto #0
-__all__ = ['CPU_FRIENDLY', 'DIAGRAM_WIDTH_PX', 'DIAGRAM_DPI', 'ARCHITECTURES', 'backbone_choices', 'scaled_overrides',
-           'has_width_depth', 'model_summary', 'stage_rows', 'StageGroup', 'group_stages', 'draw_stages', 'figure_png',
-           'write_model_params', 'heads_for', 'ModelBuilder', 'update', 'save_params']
+__all__ = ['CPU_FRIENDLY', 'TIMM_SHOWN', 'TIMM_FRIENDLY', 'DIAGRAM_WIDTH_PX', 'DIAGRAM_DPI', 'ARCHITECTURES', 'backbone_choices',
+           'timm_choices', 'timm_matches', 'scaled_overrides', 'has_width_depth', 'model_summary', 'stage_rows',
+           'StageGroup', 'group_stages', 'draw_stages', 'figure_png', 'write_model_params', 'heads_for', 'ModelBuilder',
+           'update', 'save_params']
 
 # %% ../../nbs/widgets/00_builder.ipynb #cfda1f16
 CPU_FRIENDLY = ('simple_cnn', 'simple_cnn_deep', 'resnet18', 'resnet34', 'resnet50', 'efficientnet_b0', 'efficientnet_b1',
@@ -35,6 +36,22 @@ def backbone_choices(all_backbones:bool=False) -> list[str]:
     names = list_backbones()
     friendly = [n for n in CPU_FRIENDLY if n in names]
     return friendly + ([n for n in names if n not in friendly] if all_backbones else [])
+
+TIMM_SHOWN = 40  # matches the timm search box offers at a time (the widget's state stays small)
+
+def timm_choices(pattern:str='*') -> list[str]:
+    "timm's models as backbone names (`timm/<model>`) for the builder's search box; none without timm (it is an optional extra)."
+    try: return list_backbones(f'timm/{pattern}')
+    except ImportError: return []
+
+TIMM_FRIENDLY = ('timm/convnext_atto', 'timm/regnetx_002', 'timm/mobilenetv3_small_100', 'timm/efficientnet_b0', 'timm/resnet18',
+                 'timm/vit_tiny_patch16_224', 'timm/swin_tiny_patch4_window7_224')  # offered before anything is typed
+
+def timm_matches(text:str, limit:int=TIMM_SHOWN) -> list[str]:
+    "The first `limit` timm models whose name contains `text` (a leading `timm/` ignored); CPU-friendly ones for no text."
+    text = text.strip().removeprefix('timm/')
+    if not text: return [n for n in TIMM_FRIENDLY if n in timm_choices(n.removeprefix('timm/'))]
+    return timm_choices(f'*{text}*')[:limit]
 
 # %% ../../nbs/widgets/00_builder.ipynb #7ea46797
 @lru_cache(maxsize=None)
@@ -240,7 +257,10 @@ class ModelBuilder(W.VBox):
         style = dict(description_width='initial')
         self.architecture = W.Dropdown(options=ARCHITECTURES, value=architecture, description='architecture', style=style)
         self.all_backbones = W.Checkbox(value=backbone not in CPU_FRIENDLY, description='all backbones', indent=False)
-        self.backbone = W.Dropdown(options=backbone_choices(self.all_backbones.value), value=backbone, description='backbone', style=style)
+        self.backbone = W.Dropdown(options=_with(backbone_choices(self.all_backbones.value), backbone), value=backbone, description='backbone', style=style)
+        self._timm_names = set(timm_choices())  # timm's models, searched beside the kit's own (the box is disabled without timm)
+        self.timm = W.Combobox(options=timm_matches(''), placeholder='type to search timm…', description='or timm',
+                               style=style, disabled=not self._timm_names)
         self.head = W.Dropdown(options=heads_for(architecture), description='head', style=style)
         self.num_classes = W.BoundedIntText(value=num_classes, min=1, max=10_000, description='classes', style=style, layout=W.Layout(width='160px'))
         slider = dict(continuous_update=False, style=style)
@@ -259,7 +279,7 @@ class ModelBuilder(W.VBox):
         self._model = self._meta = self._summary = self.figure = None
         self.error, self.last_update_s = None, None
         super().__init__([
-            W.HBox([self.architecture, self.backbone, self.all_backbones, self.head]),
+            W.HBox([self.architecture, self.backbone, self.all_backbones, self.head]), self.timm,
             W.HBox([self.num_classes, self.input_size, self.in_chans]),
             W.HBox([self.width, self.depth]),
             W.HBox([self.params_label, W.Label('·'), self.flops_label]), self.status,
@@ -268,6 +288,7 @@ class ModelBuilder(W.VBox):
             w.observe(self._changed, names='value')
         self.architecture.observe(self._arch_changed, names='value')
         self.all_backbones.observe(self._filter_changed, names='value')
+        self.timm.observe(self._timm_picked, names='value')
         self.add_class('cm-model-builder')  # how a page (or a browser test) finds it
         self._hold = False
         self.update()
@@ -287,14 +308,30 @@ def _arch_changed(self:ModelBuilder, change):
 def _filter_changed(self:ModelBuilder, change):
     def refilter():
         current = self.backbone.value
-        self.backbone.options = backbone_choices(change['new'])
+        self.backbone.options = _with(backbone_choices(change['new']), current if current.startswith('timm/') else None)
         self.backbone.value = current if current in self.backbone.options else self.backbone.options[0]
     _holding(self, refilter)
+
+def _with(options:list[str], name:str|None) -> list[str]:
+    "`options`, with `name` (a timm model picked in the search box) at the end if it isn't one of them."
+    return options if name is None or name in options else [*options, name]
+
+def _timm_picked(self:ModelBuilder, change):
+    "Typing in the search box narrows its list to the matching timm models; a whole name makes that model the backbone."
+    name = change['new'].strip()
+    if name not in self._timm_names:
+        self.timm.options = timm_matches(name)
+        return
+    def pick():
+        self.backbone.options = _with(list(self.backbone.options), name)
+        self.backbone.value = name
+    _holding(self, pick)
 
 def _changed(self:ModelBuilder, change):
     if not self._hold: self.update()
 
 ModelBuilder._arch_changed, ModelBuilder._filter_changed, ModelBuilder._changed = _arch_changed, _filter_changed, _changed
+ModelBuilder._timm_picked = _timm_picked
 
 # %% ../../nbs/widgets/00_builder.ipynb #1c1b48f6
 def _build_kwargs(self:ModelBuilder) -> dict:

@@ -118,9 +118,10 @@ def capture(model:nn.Module, x:torch.Tensor, names:list[str], precision:str='aut
     return out, got
 
 def as_maps(t:torch.Tensor, model:nn.Module) -> torch.Tensor:
-    "`(B, C, H, W)` maps from a stage output: maps as they are, ViT tokens without the class token on the patch grid."
-    if t.ndim == 4: return t
+    "`(B, C, H, W)` maps from a stage output: maps as they are, ViT tokens without the class token on the patch grid (a backbone with its own `as_maps`, e.g. a timm one with NHWC stages, says how)."
     b = _backbone(model)
+    if callable(getattr(b, 'as_maps', None)): return b.as_maps(t)
+    if t.ndim == 4: return t
     p = b.num_prefix_tokens if isinstance(b, VisionTransformer) else 0
     tokens = t[:, p:]
     side = int(tokens.shape[1] ** 0.5)
