@@ -6,14 +6,15 @@ Docs: https://core-models.github.io/core-models/cli.html.md"""
 
 # %% ../nbs/07_cli.ipynb #3b31dc66
 from __future__ import annotations
-import argparse, importlib.util, json, subprocess, sys
+import argparse, importlib.util, json, shutil, subprocess, sys
 from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['PIPELINE_DATA_KEYS', 'PipelineError', 'load_params', 'section', 'data_spec', 'prepare', 'model_from_params',
-           'datasets_from_params', 'train', 'load_model', 'plot_losses', 'evaluate', 'run_summary', 'format_table',
-           'find_artifact', 'check_releasable', 'dvc_project', 'release', 'raised_by_the_kit', 'error_message', 'main']
+__all__ = ['PIPELINE_DATA_KEYS', 'TASK_ARCHITECTURES', 'PipelineError', 'load_params', 'section', 'data_spec', 'prepare',
+           'model_from_params', 'datasets_from_params', 'train', 'load_model', 'plot_losses', 'evaluate', 'run_summary',
+           'format_table', 'find_artifact', 'check_releasable', 'dvc_project', 'release', 'raised_by_the_kit',
+           'error_message', 'main']
 
 # %% ../nbs/07_cli.ipynb #447e61c1
 class PipelineError(RuntimeError):
@@ -42,7 +43,7 @@ PIPELINE_DATA_KEYS = ('name', 'task', 'augment', 'train_subset')  # `data:` keys
 
 def data_spec(params:dict) -> dict|None:
     "The user's data the `data:` section names (`format`, `path`, ...), or None when it names the kit's own (no `format`)."
-    d = dict(params.get('data') or {})
+    d = {k: v for k, v in (params.get('data') or {}).items() if v is not None}  # null: the reader's default
     if d.get('format') is None: return None
     from core_models.data import DATA_FORMATS
     if d['format'] not in DATA_FORMATS:
@@ -50,7 +51,7 @@ def data_spec(params:dict) -> dict|None:
     if not d.get('path'): raise PipelineError("params data.path: expected the folder of your data, got nothing")
     spec = {k: v for k, v in d.items() if k not in PIPELINE_DATA_KEYS}
     spec['name'] = d.get('name') or Path(d['path']).name
-    m = params.get('model') or {}
+    m = {k: v for k, v in (params.get('model') or {}).items() if v is not None}
     if 'in_chans' not in spec and 'in_chans' in m: spec['in_chans'] = m['in_chans']
     if 'num_classes' not in spec and 'num_classes' in m and d['format'] != 'imagefolder': spec['num_classes'] = m['num_classes']
     return spec
@@ -58,7 +59,8 @@ def data_spec(params:dict) -> dict|None:
 def prepare(params:dict, root:str|Path='.', only:str|None=None) -> list[Path]:
     "Write the datasets of the `prepare:` section, and the user's data of the `data:` section, under `root/data`; `only` = 'digits', 'data' or a shapes task limits it."
     from core_models.data import write_dataset, write_image_data
-    p, data = section(params, 'prepare'), Path(root)/'data'
+    spec, data = data_spec(params), Path(root)/'data'
+    p = section(params, 'prepare') if spec is None or 'prepare' in params else {}  # your own data needs no prepare: section
     out = []
     if only in (None, 'digits') and p.get('digits') is not None:
         out.append(write_dataset('digits', data, **p['digits']))
@@ -66,7 +68,6 @@ def prepare(params:dict, root:str|Path='.', only:str|None=None) -> list[Path]:
     tasks = shapes.pop('tasks', None) or []
     for task in tasks if only in (None, 'shapes') else ([only] if only in tasks else []):
         out.append(write_dataset('shapes', data, task=task, **shapes))
-    spec = data_spec(params)
     if only in (None, 'data') and spec is not None:
         spec['path'] = Path(root)/spec['path']
         out.append(write_image_data(root=data, **spec))
@@ -83,7 +84,7 @@ def model_from_params(params:dict):
 def datasets_from_params(params:dict, root:str|Path='.', splits=('train', 'val')) -> list:
     "The prepared splits of the `data:` section's dataset (`train_subset` keeps the first N training items)."
     from torch.utils.data import Subset
-    from core_models.data import load_prepared, default_transforms
+    from core_models.data import load_prepared, augmentation
     d = section(params, 'data')
     name, task, subset = d.get('name', 'digits'), d.get('task', 'classification'), d.get('train_subset')
     spec = data_spec(params)
@@ -95,7 +96,7 @@ def datasets_from_params(params:dict, root:str|Path='.', splits=('train', 'val')
     out = []
     for split in splits:
         ds = load_prepared(name, split, Path(root)/'data', task=task)
-        if split == 'train' and d.get('augment'): ds.transform = default_transforms(task, train=True, flip=ds.hflip)
+        if split == 'train': ds.transform = augmentation(d.get('augment', False), task, tuple(ds.image_shape[-2:]), flip=ds.hflip)
         if split == 'train' and subset:
             sub = Subset(ds, range(min(subset, len(ds))))
             for a in ('name', 'split', 'task', 'classes'): setattr(sub, a, getattr(ds, a))
@@ -104,20 +105,31 @@ def datasets_from_params(params:dict, root:str|Path='.', splits=('train', 'val')
     return out
 
 # %% ../nbs/07_cli.ipynb #4fb05f77
+TASK_ARCHITECTURES = {'classification': 'cnn', 'detection': 'detection', 'segmentation': 'segmentation', 'multilabel': 'multilabel'}
+
+def _save_figure(fig, path:Path):
+    import matplotlib.pyplot as plt
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100); plt.close(fig)
+
 def train(params:dict, out:str|Path='models/digits-cnn', live:str|Path|None='dvclive/train', root:str|Path='.') -> dict:
     "Train the `model:` on the `data:` with the `train:` settings; save the checkpoint to `out`. Returns the last epoch's row."
     from core_models.training import Trainer, TrainConfig
     from core_models.versioning.checkpoint import save_checkpoint
+    from core_models.data import show_augmented
     root = Path(root)
     train_ds, val_ds = datasets_from_params(params, root)
-    if 'num_classes' not in (params.get('model') or {}):  # from the data: its classes (+ background for masks)
-        classes = getattr(train_ds, 'classes', [])
-        params = {**params, 'model': {**params['model'], 'num_classes': len(classes) + (train_ds.task == 'segmentation')}}
+    m = {k: v for k, v in section(params, 'model').items() if v is not None}  # null or absent: from the data
+    m.setdefault('architecture', TASK_ARCHITECTURES[train_ds.task])
+    m.setdefault('num_classes', len(getattr(train_ds, 'classes', [])) + (train_ds.task == 'segmentation'))  # + background for masks
+    params = {**params, 'model': m}
     model = model_from_params(params)
     live_dir = None if live is None else root/live
     cfg = TrainConfig.resolve(section(params, 'train'), live_dir=live_dir, checkpoint_dir=None)
     trainer = Trainer(model, train_ds, val_ds, cfg)
     history = trainer.fit()
+    if live is not None and getattr(getattr(train_ds, 'dataset', train_ds), 'transform', None) is not None:  # what augmentation did
+        _save_figure(show_augmented(train_ds), root/live/'plots'/'images'/'augment.png')
     last = dict(history[-1])
     model = trainer.model.to('cpu').to(memory_format=__import__('torch').contiguous_format)
     save_checkpoint(model, trainer.optimizer, last['epoch'], {k: v for k, v in last.items() if k != 'epoch'}, root/out)
@@ -169,6 +181,8 @@ def evaluate(params:dict, model_dir:str|Path='models/digits-cnn', out:str|Path='
         (out/'confusion.tsv').write_text('\n'.join(lines) + '\n')
         cm.plot().savefig(out/'plots'/'confusion.png', dpi=100)
     if live is not None and (root/live).is_dir(): plot_losses(root/live).savefig(out/'plots'/'loss.png', dpi=100)
+    if live is not None and (root/live/'plots'/'images'/'augment.png').is_file():  # train's picture of augmented samples
+        shutil.copyfile(root/live/'plots'/'images'/'augment.png', out/'plots'/'augment.png')
     return metrics
 
 # %% ../nbs/07_cli.ipynb #5b2caa59

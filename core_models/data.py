@@ -17,15 +17,17 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
+from .config import ConfigError, did_you_mean
 from .settings import get_settings
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'SPLITS', 'TASKS', 'SHAPE_CLASSES', 'SHAPES_SIZES', 'CLASS_COLORS', 'IMAGE_EXTENSIONS', 'DATASETS',
-           'DATA_FORMATS', 'to_image', 'TaskDataset', 'Table', 'dataset_summary', 'class_counts', 'class_balance',
-           'stratified_split', 'DigitsDataset', 'Shape', 'Scene', 'make_scene', 'coverage', 'render', 'multi_hot',
-           'ShapesDataset', 'draw_item', 'show_samples', 'default_transforms', 'detection_collate', 'DataError',
-           'read_image', 'ImageFolderDataset', 'prepared_dir', 'write_dataset', 'PreparedDataset', 'load_prepared',
-           'CocoDataset', 'read_mask', 'open_image_data', 'write_image_data']
+__all__ = ['IGNORE_INDEX', 'SPLITS', 'TASKS', 'SHAPE_CLASSES', 'SHAPES_SIZES', 'CLASS_COLORS', 'AUGMENTATIONS',
+           'IMAGE_EXTENSIONS', 'DATASETS', 'DATA_FORMATS', 'to_image', 'TaskDataset', 'Table', 'dataset_summary',
+           'class_counts', 'class_balance', 'stratified_split', 'DigitsDataset', 'Shape', 'Scene', 'make_scene',
+           'coverage', 'render', 'multi_hot', 'ShapesDataset', 'draw_item', 'show_samples', 'default_transforms',
+           'augmentation', 'show_augmented', 'detection_collate', 'DataError', 'read_image', 'ImageFolderDataset',
+           'prepared_dir', 'write_dataset', 'PreparedDataset', 'load_prepared', 'CocoDataset', 'read_mask',
+           'open_image_data', 'write_image_data']
 
 # %% ../nbs/03_data.ipynb #aab3e690
 IGNORE_INDEX = 255  # segmentation pixels that no loss or metric counts (VOC's convention)
@@ -323,6 +325,86 @@ def default_transforms(task:str='classification', train:bool=False, size:int|Non
     if task == 'detection': t.append(v2.SanitizeBoundingBoxes())
     return v2.Compose(t)
 
+# %% ../nbs/03_data.ipynb #ebe20709
+def _probability(key, v):
+    if v is True: return 0.5
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+        raise ConfigError('params', f'data.augment.{key}', 'a probability between 0 and 1 (or true: 0.5)', v)
+    return float(v)
+
+def _pair(key, field, v, lo, hi=None):
+    if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+            and lo < v[0] <= v[1] and (hi is None or v[1] <= hi)):
+        raise ConfigError('params', f'data.augment.{key}.{field}', f"[low, high] with {lo} < low <= high{f' <= {hi}' if hi else ''}", v)
+    return tuple(float(x) for x in v)
+
+def _options(key, v, known:dict) -> dict:
+    if v is True: return {}
+    if not isinstance(v, dict): raise ConfigError('params', f'data.augment.{key}', f"true or a mapping of {', '.join(known)}", v)
+    if unknown := sorted(set(v) - set(known)):
+        raise ConfigError('params', f'data.augment.{key}.{unknown[0]}', f"one of {', '.join(known)}", unknown[0], did_you_mean(unknown[0], known))
+    return {k: known[k](x) for k, x in v.items()}
+
+def _jitter(key, field):
+    def check(v):
+        hi = 0.5 if field == 'hue' else None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (hi is not None and v > hi):
+            raise ConfigError('params', f'data.augment.{key}.{field}', f"a number >= 0{' and <= 0.5' if hi else ''}", v)
+        return float(v)
+    return check
+
+def _degrees(key, v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 180:
+        raise ConfigError('params', f'data.augment.{key}', 'the largest rotation in degrees, a number in (0, 180]', v)
+    return float(v)
+
+AUGMENTATIONS = {  # data.augment key -> (what it expects, builder of its v2 transform from the value and the image size)
+    'random_resized_crop': ('true or {scale: [low, high], ratio: [low, high]}', lambda v, size: v2.RandomResizedCrop(
+        size, antialias=True, **_options('random_resized_crop', v, {'scale': lambda x: _pair('random_resized_crop', 'scale', x, 0, 1),
+                                                                   'ratio': lambda x: _pair('random_resized_crop', 'ratio', x, 0)}))),
+    'hflip': ('a probability', lambda v, size: v2.RandomHorizontalFlip(_probability('hflip', v))),
+    'vflip': ('a probability', lambda v, size: v2.RandomVerticalFlip(_probability('vflip', v))),
+    'rotate': ('degrees', lambda v, size: v2.RandomRotation(_degrees('rotate', v), fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX})),
+    'color_jitter': ('true or {brightness, contrast, saturation, hue}', lambda v, size: v2.ColorJitter(
+        **({'brightness': 0.2, 'contrast': 0.2} if v is True else
+           _options('color_jitter', v, {f: _jitter('color_jitter', f) for f in ('brightness', 'contrast', 'saturation', 'hue')})))),
+}
+
+def augmentation(spec=False, task:str='classification', size:tuple[int, int]|None=None, flip:bool=True) -> v2.Compose|None:
+    "The training transform `data.augment` names: false (none), true (`default_transforms`' recipe) or a mapping of `AUGMENTATIONS`."
+    _check_choice('augmentation', 'task', task, TASKS)
+    if spec is None or spec is False: return None
+    if spec is True: return default_transforms(task, train=True, flip=flip)
+    if not isinstance(spec, dict):
+        raise ConfigError('params', 'data.augment', f"false, true or a mapping of {', '.join(AUGMENTATIONS)}", spec)
+    if unknown := sorted(set(spec) - set(AUGMENTATIONS)):
+        raise ConfigError('params', f'data.augment.{unknown[0]}', f"one of {', '.join(AUGMENTATIONS)}", unknown[0], did_you_mean(unknown[0], AUGMENTATIONS))
+    if 'random_resized_crop' in spec and size is None:
+        raise ValueError('augmentation: random_resized_crop needs the image `size` (height, width) to crop back to')
+    t = [AUGMENTATIONS[k][1](spec[k], size) for k in AUGMENTATIONS if spec.get(k) not in (None, False)]  # one fixed order
+    if task == 'detection': t += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes()]  # boxes clipped to the image, empty ones dropped with their labels
+    return v2.Compose(t)
+
+class _Items(TaskDataset):
+    "A list of `(image, target)` items shown as a dataset like `like`."
+    def __init__(self, items:list, like:TaskDataset):
+        self.items, self.name, self.split, self.task, self.classes = items, like.name, like.split, like.task, like.classes
+    def __len__(self): return len(self.items)
+    def get(self, i): return self.items[i]
+
+def show_augmented(dataset:TaskDataset, transform=None, i:int=0, n:int=8, ncols:int=8, seed:int=0):
+    "Item `i` of `dataset` through the random `transform` (default: the dataset's own) `n` times, targets drawn: what training sees."
+    base = getattr(dataset, 'dataset', dataset)  # a Subset shows its dataset's item
+    transform = transform if transform is not None else base.transform
+    if transform is None: raise ValueError(f"show_augmented: {base.name} has no transform; pass one (e.g. augmentation(...))")
+    with torch.random.fork_rng(devices=[]):  # the same pictures on every call, and the caller's random state untouched
+        torch.manual_seed(seed)
+        items = [transform(*base.get(i)) for _ in range(n)]
+    fig = show_samples(_Items(items, base), n=n, ncols=ncols)
+    fig.suptitle(f"{base.name} {base.split}: item {i}, augmented {n} times", fontsize=10)
+    return fig
+
+
 # %% ../nbs/03_data.ipynb #4b834e12
 def detection_collate(batch:list) -> tuple[torch.Tensor, list[dict]]:
     "Stack the images of `(image, target)` pairs into (B, C, H, W) and keep the targets as a list of dicts."
@@ -486,9 +568,20 @@ def _imagefolder(root:Path, split, fractions, seed, in_chans, classes=None, num_
     return _Indexed(root.name, split, 'classification', folder.classes, [(Path(p), t) for p, t in samples], in_chans)
 
 # %% ../nbs/03_data.ipynb #d18f9675
-def _coco(root:Path, split, fractions, seed, in_chans, annotations='annotations.json', images='images', num_classes=None):
+def _coco_split(split, root:Path, annotations, images):
+    "The annotation file and image folder of `split`, and whether they hold that split alone (per-split files)."
+    if annotations is None:  # one annotations.json split by fractions, or COCO's per-split train.json / val.json / test.json
+        annotations = 'annotations.json' if (root/'annotations.json').is_file() or not (root/'train.json').is_file() else {s: f'{s}.json' for s in SPLITS}
+    per_split = isinstance(annotations, dict) or isinstance(images, dict)
+    for key, v in (('annotations', annotations), ('images', images)):
+        if isinstance(v, dict) and (missing := [s for s in SPLITS if s not in v]):
+            raise DataError(f"data.{key}: expected one entry per split (train, val, test), got {sorted(v)}; missing {missing[0]}")
+    pick = lambda v: v[split] if isinstance(v, dict) else v
+    return root/pick(annotations), root/pick(images), per_split
+
+def _coco(root:Path, split, fractions, seed, in_chans, annotations=None, images='images', num_classes=None):
     from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
-    ann, img_dir = root/annotations, root/images
+    ann, img_dir, per_split = _coco_split(split, root, annotations, images)
     if not ann.is_file(): raise DataError(f"{ann}: no COCO annotation file")
     try: spec = json.loads(ann.read_text())
     except ValueError as e: raise DataError(f"{ann}: not valid JSON ({e})") from None
@@ -521,8 +614,8 @@ def _coco(root:Path, split, fractions, seed, in_chans, annotations='annotations.
     with contextlib.redirect_stdout(io.StringIO()): coco = _Coco(img_dir, str(ann))  # pycocotools prints progress
     wrapped = wrap_dataset_for_transforms_v2(coco, target_keys=('boxes', 'labels'))
     lookup = {c: k for k, c in enumerate(cats)}
-    keep = _split_indices(len(coco), split, fractions, seed)
-    return CocoDataset(root.name, split, [names[c] for c in cats], wrapped, keep.tolist(), lookup)
+    keep = range(len(coco)) if per_split else _split_indices(len(coco), split, fractions, seed).tolist()
+    return CocoDataset(root.name, split, [names[c] for c in cats], wrapped, list(keep), lookup)
 
 class CocoDataset(TaskDataset):
     "Detection items of a COCO JSON (`CocoDetection` wrapped for v2): labels 0, 1, ... in category-id order."
@@ -595,6 +688,9 @@ def write_image_data(format:str, path:str|Path, root:str|Path|None=None, name:st
     "Check, resize to `size` and save the three splits of the user's data (see `open_image_data`) under `prepared_dir`; writes summary.json and samples.png."
     if not (isinstance(size, int) and size >= 8): raise DataError(f"data: `size` expected an int >= 8, got {size!r}")
     parts = {s: open_image_data(format, path, s, **options) for s in SPLITS}
+    for split, ds in parts.items():  # per-split folders or files must name the same classes, or labels would mean different things
+        if ds.classes != parts['train'].classes:
+            raise DataError(f"{path}: the {split} split has classes {ds.classes}, the train split {parts['train'].classes}; expected the same")
     task, name = DATA_FORMATS[format][0], name or Path(path).name
     out = prepared_dir(name, task, root)
     out.mkdir(parents=True, exist_ok=True)

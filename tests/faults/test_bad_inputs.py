@@ -365,6 +365,51 @@ if not torch.cuda.is_available():
         '`precision`', 'fp16 autocast needs a CUDA device')
 
 
+# -- data.augment in params.yaml (core_models.data.augmentation) -------------------------------------------------------
+
+def augment(spec, task='classification'):
+    from core_models.data import augmentation
+    return lambda tmp: augmentation(spec, task, size=(32, 32))
+
+add('augment/unknown-key', augment({'hflp': 0.5}), ConfigError, '`data.augment.hflp`', 'expected one of random_resized_crop', "did you mean 'hflip'")
+add('augment/probability-above-1', augment({'hflip': 2}), ConfigError, '`data.augment.hflip`', 'a probability between 0 and 1', 'got 2')
+add('augment/crop-scale-reversed', augment({'random_resized_crop': {'scale': [1.0, 0.5]}}, 'detection'), ConfigError,
+    '`data.augment.random_resized_crop.scale`', '[low, high]', 'got [1.0, 0.5]')
+add('augment/jitter-unknown', augment({'color_jitter': {'brightnes': 0.2}}), ConfigError, '`data.augment.color_jitter.brightnes`', "did you mean 'brightness'")
+add('augment/hue-too-big', augment({'color_jitter': {'hue': 0.9}}), ConfigError, '`data.augment.color_jitter.hue`', '<= 0.5', 'got 0.9')
+add('augment/rotate-text', augment({'rotate': 'a bit'}), ConfigError, '`data.augment.rotate`', 'degrees', "'a bit'")
+add('augment/not-a-mapping', augment('yes'), ConfigError, '`data.augment`', 'false, true or a mapping', "'yes'")
+
+# -- predictions and exports (core_models.inference, core_models.export) -----------------------------------------------
+
+import numpy as np
+from core_models.data import DataError
+
+def predictor(**kw):
+    from core_models.inference import Predictor, Usage
+    model = create_model('cnn', backbone='simple_cnn', head='classifier', config=dict(num_classes=3, in_chans=1))
+    return Predictor(model, Usage(task='classification', classes=['a', 'b', 'c'], in_chans=1, input_size=16), **kw)
+
+def predict_file(data:bytes, name='photo.png'):
+    def make(tmp):
+        (tmp/name).write_bytes(data)
+        return predictor()(tmp/name)
+    return make
+
+add('predict/unreadable-image', predict_file(b'not a png'), DataError, 'photo.png', 'not a readable image')
+add('predict/empty-image', predict_file(b''), DataError, 'photo.png', 'empty image file')
+add('predict/array-with-7-channels', lambda tmp: predictor()(np.zeros((5, 5, 7))), DataError,
+    'shape (5, 5, 7)', 'expected an image as (H, W), (H, W, C) or (C, H, W)')
+add('predict/not-an-image', lambda tmp: predictor()({'pixels': 1}), DataError, 'expected an image: a file path, a PIL image', 'got dict')
+add('predict/precision', lambda tmp: predictor(precision='fp8'), ConfigError, '`precision`', 'auto, fp32, bf16, fp16', "'fp8'")
+add('predict/usage-unknown-field', lambda tmp: __import__('core_models.inference').inference.Usage.from_dict({'size': 32}),
+    ConfigError, 'Usage', '`size`', 'one of the fields')
+add('predict/predictions-file-suffix', lambda tmp: __import__('core_models.inference').inference.write_predictions([], tmp/'p.txt'),
+    DataError, 'p.txt', '.json or .csv', "'.txt'")
+add('export/format', lambda tmp: __import__('core_models.export').export.export_model(predictor().model, 'tflite', out=tmp),
+    ConfigError, '`format`', 'onnx, torch.export, torchscript', "'tflite'")
+
+
 # -- the test ---------------------------------------------------------------------------------------------------------
 
 # -- image dtypes at the model's call (added with check_dtype) ----------------------------------------------------------
