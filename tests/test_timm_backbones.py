@@ -162,3 +162,22 @@ def test_dvc_repro_trains_a_timm_backbone_from_params(tmp_path):
     assert meta['config']['backbone']['timm_version'] == timm.__version__
     metrics = json.loads((repo/'eval/metrics.json').read_text())
     assert all(isinstance(v, (int, float)) for v in metrics.values() if not isinstance(v, dict)), metrics
+
+
+def test_pretrained_offline_says_to_pass_a_file(run_python):
+    "pretrained=True is timm's download; offline (HF_HUB_OFFLINE) it fails with one line naming weights= instead."
+    r = run_python("from core_models import create_backbone\n"
+                   "try: create_backbone('timm/convnext_atto', pretrained=True)\n"
+                   "except Exception as e: print(type(e).__name__, e)\n", env={'HF_HUB_OFFLINE': '1'})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith('WeightsError') and "weights='path/to/model.safetensors'" in r.stdout, r.stdout
+
+
+def test_a_timm_classifier_exports_to_onnx(tmp_path):
+    "The exporter (core_models.export, checked there against eager) takes a model on a timm backbone like any other."
+    export = pytest.importorskip('core_models.export', reason='the exporter (issue 16) is not in this checkout yet')
+    pytest.importorskip('onnxruntime')
+    torch.manual_seed(0)
+    m = create_model('cnn', backbone='timm/convnext_atto', num_classes=4, img_size=64).eval()
+    e = export.export_model(m, 'onnx', tmp_path/'convnext', record=False)
+    assert e.path.is_file() and e.path.suffix == '.onnx'

@@ -13,6 +13,7 @@ from fastcore.basics import patch
 from ..config import config_field, ConfigError
 from .base import Backbone, BackboneConfig, FeatureInfo
 from .registry import BackboneEntry, Variant, register_backbone_source
+from .weights import WeightsError
 from .vit import PYRAMID_STRIDES, resample_to_stride, vit_feature_blocks
 
 # %% auto #0
@@ -104,18 +105,19 @@ class TimmBackbone(Backbone):
 def _prefixed(name): return f'model.{name}' if name else None
 
 def _create_timm(timm, name:str, c:TimmConfig, pretrained:bool) -> nn.Module:
-    "timm's model `name` for config `c`; `img_size` only where the model takes one (convnets take any size)."
+    "timm's model `name` for config `c`; `img_size` only where the model takes one (convnets take any size); timm's refusals as the kit's errors."
     kw = dict(pretrained=pretrained, num_classes=c.num_classes, in_chans=c.in_chans, drop_rate=c.drop_rate,
-              drop_path_rate=c.drop_path_rate or None, **c.model_args)
-    if c.img_size is not None: kw.setdefault('img_size', c.img_size)
-    try: return timm.create_model(name, **kw)
-    except TypeError as e:
-        if 'img_size' in str(e) and 'img_size' not in c.model_args: kw.pop('img_size'); return _retry(timm, name, kw, c)
-        raise ConfigError('TimmBackbone', 'model_args', f'keyword arguments of timm model {name!r}', c.model_args, hint=str(e)) from None
-
-def _retry(timm, name, kw, c):
-    try: return timm.create_model(name, **kw)
-    except TypeError as e: raise ConfigError('TimmBackbone', 'model_args', f'keyword arguments of timm model {name!r}', c.model_args, hint=str(e)) from None
+              drop_path_rate=c.drop_path_rate or None, **c.model_args)  # timm drops the arguments that are None
+    sized = c.img_size is not None and 'img_size' not in c.model_args
+    for size in ([dict(img_size=c.img_size)] if sized else []) + [{}]:
+        try: return timm.create_model(name, **kw, **size)
+        except TypeError as e:
+            if size and 'img_size' in str(e): continue  # a convnet: no img_size argument
+            raise ConfigError('TimmBackbone', 'model_args', f'keyword arguments of timm model {name!r}', c.model_args, hint=str(e)) from None
+        except OSError as e:
+            if not pretrained: raise
+            raise WeightsError(f"timm/{name}: pretrained=True could not fetch timm's weights ({type(e).__name__}: {str(e)[:200]}); "
+                               "offline, download them elsewhere and pass weights='path/to/model.safetensors'") from None
 
 # %% ../../nbs/backbones/04_timm.ipynb #f95cf20c
 @patch
@@ -184,7 +186,7 @@ def as_maps(self:TimmBackbone, t:torch.Tensor) -> torch.Tensor:
     if gh * gw != tokens.shape[1]: gh = gw = int(tokens.shape[1] ** 0.5)
     return tokens.transpose(1, 2).reshape(t.shape[0], t.shape[2], gh, -1)
 
-# %% ../../nbs/backbones/04_timm.ipynb #e01ddb64
+# %% ../../nbs/backbones/04_timm.ipynb #fd494758
 @patch
 def convert_state_dict(self:TimmBackbone, state_dict:dict) -> dict:
     "A timm checkpoint (timm's keys, `module.` stripped, through the model's own `checkpoint_filter_fn`: e.g. a ViT's position embedding resized) under `model.`; our own keys pass."
@@ -196,7 +198,7 @@ def convert_state_dict(self:TimmBackbone, state_dict:dict) -> dict:
         except (KeyError, AttributeError, RuntimeError): pass  # a layout the filter doesn't know: keys as they are
     return {f'model.{k}': v for k, v in sd.items()}
 
-# %% ../../nbs/backbones/04_timm.ipynb #97a31f7d
+# %% ../../nbs/backbones/04_timm.ipynb #354f4389
 _OWN_FIELDS = {f.name for f in fields(TimmConfig)} | {a for f in fields(TimmConfig) for a in f.metadata.get('aliases', ())}
 
 def timm_backbone(model_name:str, *, pretrained:bool=False, **kwargs) -> TimmBackbone:
