@@ -14,7 +14,7 @@ import yaml
 __all__ = ['PIPELINE_DATA_KEYS', 'TASK_ARCHITECTURES', 'PipelineError', 'load_params', 'section', 'data_spec', 'prepare',
            'model_from_params', 'datasets_from_params', 'train', 'load_model', 'plot_losses', 'evaluate', 'run_summary',
            'format_table', 'find_artifact', 'check_releasable', 'dvc_project', 'release', 'raised_by_the_kit',
-           'error_message', 'main']
+           'error_message', 'main', 'predict', 'export', 'predict_or_export']
 
 # %% ../nbs/07_cli.ipynb #447e61c1
 class PipelineError(RuntimeError):
@@ -116,6 +116,7 @@ def train(params:dict, out:str|Path='models/digits-cnn', live:str|Path|None='dvc
     "Train the `model:` on the `data:` with the `train:` settings; save the checkpoint to `out`. Returns the last epoch's row."
     from core_models.training import Trainer, TrainConfig
     from core_models.versioning.checkpoint import save_checkpoint
+    from core_models.inference import usage_of
     from core_models.data import show_augmented
     root = Path(root)
     train_ds, val_ds = datasets_from_params(params, root)
@@ -132,7 +133,8 @@ def train(params:dict, out:str|Path='models/digits-cnn', live:str|Path|None='dvc
         _save_figure(show_augmented(train_ds), root/live/'plots'/'images'/'augment.png')
     last = dict(history[-1])
     model = trainer.model.to('cpu').to(memory_format=__import__('torch').contiguous_format)
-    save_checkpoint(model, trainer.optimizer, last['epoch'], {k: v for k, v in last.items() if k != 'epoch'}, root/out)
+    save_checkpoint(model, trainer.optimizer, last['epoch'], {k: v for k, v in last.items() if k != 'epoch'}, root/out,
+                    usage=usage_of(model, train_ds).to_dict())  # how to feed it (core_models.inference)
     return last
 
 # %% ../nbs/07_cli.ipynb #b15b492c
@@ -307,6 +309,18 @@ def _parser() -> argparse.ArgumentParser:
     s = command('release', help="register HEAD's model as NAME VERSION (registry commit + GTO tag NAME@vVERSION)")
     s.add_argument('name'); s.add_argument('version')
     s.add_argument('--push', action='store_true', help='dvc push the model first instead of refusing when it is not pushed')
+    s = command('predict', help='predictions of NAME@VERSION (or a checkpoint folder) on image files and folders')
+    s.add_argument('source', help='NAME@VERSION (NAME: the latest), or a checkpoint folder'); s.add_argument('images', nargs='+', help='image files or folders')
+    s.add_argument('--top-k', type=int, default=5, help='labels per image (classification, multi-label; default 5)')
+    s.add_argument('--json', action='store_true', help='print the predictions as JSON instead of one line an image')
+    s.add_argument('--out', default=None, help='write the predictions to this .csv or .json file (a DVC stage output)')
+    s.add_argument('--precision', default='auto', choices=('auto', 'fp32', 'bf16'), help="auto (default: bf16 autocast where the CPU has it natively, else fp32), fp32 or bf16")
+    s.add_argument('--registry', default=None, help='registry folder (default: registry_path of settings.ini)')
+    s = command('export', help='write NAME@VERSION (or a checkpoint folder) as ONNX, torch.export or TorchScript, checked against eager')
+    s.add_argument('source', help='NAME@VERSION, or a checkpoint folder')
+    s.add_argument('--format', default='onnx', choices=('onnx', 'torch.export', 'torchscript'), help='file format (default onnx)')
+    s.add_argument('--out', default=None, help="folder to write into (default: the version's registry folder, or CHECKPOINT-export/)")
+    s.add_argument('--registry', default=None, help='registry folder (default: registry_path of settings.ini)')
     return p
 
 def raised_by_the_kit(e:BaseException) -> bool:
@@ -321,6 +335,7 @@ def error_message(e:BaseException) -> str:
     return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
 
 def _command(a) -> int:
+    if a.command in ('predict', 'export'): return predict_or_export(a)
     if a.command == 'release':
         mv = release(a.name, a.version, push=a.push)
         print(f'released {mv.tag}: weights {mv.digest[:12]}, metrics {mv.metrics}')
@@ -347,3 +362,31 @@ def main(argv:list[str]|None=None) -> int:
         print(f'core-models {a.command}: {error_message(e)}', file=sys.stderr)
         return 2
 
+
+# %% ../nbs/07_cli.ipynb #2d1e615e
+def predict(source:str, images:list, top_k:int=5, out:str|Path|None=None, registry:str|Path|None=None, precision:str='auto') -> list:
+    "(file, `Prediction`) for the image files and folders `images`, by `source` (NAME@VERSION or a checkpoint folder); written to `out` (.csv/.json) when given."
+    from core_models.inference import Predictor, predict_images, write_predictions
+    results = predict_images(Predictor.load(source, registry=registry, precision=precision), images, top_k)
+    if out is not None: write_predictions(results, out, root='.')
+    return results
+
+def export(source:str, format:str='onnx', out:str|Path|None=None, registry:str|Path|None=None):
+    "Export `source` (NAME@VERSION or a checkpoint folder) as `format`; see `core_models.export.export_model`."
+    from core_models.export import export_model
+    return export_model(source, format, out, registry=registry)
+
+def predict_or_export(a) -> int:
+    "The `predict` and `export` commands: print what they did."
+    from core_models.inference import format_prediction
+    if a.command == 'predict':
+        results = predict(a.source, a.images, a.top_k, a.out, a.registry, a.precision)
+        if a.json: print(json.dumps([{'image': str(f), **p.to_dict()} for f, p in results], indent=2))
+        else:
+            for f, p in results: print(format_prediction(str(f), p))
+        if a.out is not None: print(f'predict: wrote {a.out} ({len(results)} images)', file=sys.stderr)
+        return 0
+    e = export(a.source, a.format, a.out, a.registry)
+    print(f"export: wrote {e.path} and {e.spec_path.name}; max |file - eager| {e.spec['parity']['max_abs_diff']:.2e}"
+          + (f"; recorded in {e.spec['recorded_in']}" if e.spec.get('recorded_in') else ''))
+    return 0
