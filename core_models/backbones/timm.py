@@ -95,6 +95,11 @@ class TimmBackbone(Backbone):
         fn = getattr(self.model, 'no_weight_decay', None)
         return {f'model.{n}' for n in fn()} if callable(fn) else set()
 
+    def layer_ids(self, coarse:bool=False) -> dict[str, int]:
+        "Parameter name -> depth for layer-wise LR decay, from timm's own `group_matcher` (what timm's `layer_decay` reads): 0 the stem, the head last."
+        from timm.models import group_parameters
+        return {f'model.{n}': i for n, i in group_parameters(self.model, self.model.group_matcher(coarse), reverse=True).items()}
+
     def set_grad_checkpointing(self, enable:bool=True):
         "timm's switch: recompute the blocks in the backward pass."
         super().set_grad_checkpointing(enable)
@@ -119,7 +124,7 @@ def _create_timm(timm, name:str, c:TimmConfig, pretrained:bool) -> nn.Module:
             raise WeightsError(f"timm/{name}: pretrained=True could not fetch timm's weights ({type(e).__name__}: {str(e)[:200]}); "
                                "offline, download them elsewhere and pass weights='path/to/model.safetensors'") from None
 
-# %% ../../nbs/backbones/04_timm.ipynb #f95cf20c
+# %% ../../nbs/backbones/04_timm.ipynb #ed7ba8a6
 @patch
 def forward_stages(self:TimmBackbone, x:torch.Tensor) -> list[torch.Tensor]:
     "The `(B, C, H, W)` maps of the levels `out_indices` (features_only) or of every level, through timm's `forward_intermediates`."
@@ -132,13 +137,13 @@ def forward_stages(self:TimmBackbone, x:torch.Tensor) -> list[torch.Tensor]:
         maps = [resample_to_stride(m, self.source_stride, self.all_feature_info[i]['reduction']) for m, i in zip(maps, idx)]
     return maps
 
-# %% ../../nbs/backbones/04_timm.ipynb #3eca0c27
+# %% ../../nbs/backbones/04_timm.ipynb #9a6ea548
 @patch
 def forward(self:TimmBackbone, x:torch.Tensor):
     if self.features_only: return self.forward_stages(x)
     return self.forward_head(self.forward_features(x))
 
-# %% ../../nbs/backbones/04_timm.ipynb #d684acd7
+# %% ../../nbs/backbones/04_timm.ipynb #5be1c12b
 @patch
 def forward_features(self:TimmBackbone, x:torch.Tensor) -> torch.Tensor:
     "timm's `forward_features`: a `(B, C, H, W)` map (NHWC models' turned), or a ViT's tokens `(B, N, C)`."
@@ -147,13 +152,13 @@ def forward_features(self:TimmBackbone, x:torch.Tensor) -> torch.Tensor:
     f = self.model.forward_features(x)
     return _nchw(f) if self.nhwc and f.ndim == 4 else f
 
-# %% ../../nbs/backbones/04_timm.ipynb #900c527b
+# %% ../../nbs/backbones/04_timm.ipynb #543b99eb
 @patch
 def forward_head(self:TimmBackbone, x:torch.Tensor, pre_logits:bool=False) -> torch.Tensor:
     "timm's head (pooling, norm, classifier) on the output of `forward_features`."
     return self.model.forward_head(_nhwc(x) if self.nhwc and x.ndim == 4 else x, pre_logits=pre_logits)
 
-# %% ../../nbs/backbones/04_timm.ipynb #243c01bd
+# %% ../../nbs/backbones/04_timm.ipynb #00553d4f
 @patch
 def forward_intermediates(self:TimmBackbone, x, indices=None, intermediates_only:bool=False):
     "timm's call, with NCHW maps; `indices` as timm takes them (an int n: the last n levels; a sequence: those; None: all)."
@@ -162,11 +167,11 @@ def forward_intermediates(self:TimmBackbone, x, indices=None, intermediates_only
     final, inter = out
     return (_nchw(final) if self.nhwc and final.ndim == 4 else final), inter
 
-# %% ../../nbs/backbones/04_timm.ipynb #f5558769
+# %% ../../nbs/backbones/04_timm.ipynb #85471add
 @patch
 def get_classifier(self:TimmBackbone) -> nn.Module: return self.model.get_classifier()
 
-# %% ../../nbs/backbones/04_timm.ipynb #771c33fa
+# %% ../../nbs/backbones/04_timm.ipynb #56474fb3
 @patch
 def reset_classifier(self:TimmBackbone, num_classes:int, global_pool:str|None=None):
     "timm's `reset_classifier`: a fresh classifier for `num_classes` (0: pooled features); `global_pool` as the timm model takes it."
@@ -174,7 +179,7 @@ def reset_classifier(self:TimmBackbone, num_classes:int, global_pool:str|None=No
     else: self.model.reset_classifier(num_classes, global_pool)
     object.__setattr__(self.config, 'num_classes', num_classes)
 
-# %% ../../nbs/backbones/04_timm.ipynb #13664ba0
+# %% ../../nbs/backbones/04_timm.ipynb #a4673a2d
 @patch
 def as_maps(self:TimmBackbone, t:torch.Tensor) -> torch.Tensor:
     "A stage's output as `(B, C, H, W)`: NHWC maps turned, ViT tokens (prefix tokens dropped) laid on the patch grid of the last input."
@@ -186,7 +191,7 @@ def as_maps(self:TimmBackbone, t:torch.Tensor) -> torch.Tensor:
     if gh * gw != tokens.shape[1]: gh = gw = int(tokens.shape[1] ** 0.5)
     return tokens.transpose(1, 2).reshape(t.shape[0], t.shape[2], gh, -1)
 
-# %% ../../nbs/backbones/04_timm.ipynb #fd494758
+# %% ../../nbs/backbones/04_timm.ipynb #a3093fef
 @patch
 def convert_state_dict(self:TimmBackbone, state_dict:dict) -> dict:
     "A timm checkpoint (timm's keys, `module.` stripped, through the model's own `checkpoint_filter_fn`: e.g. a ViT's position embedding resized) under `model.`; our own keys pass."
@@ -198,7 +203,7 @@ def convert_state_dict(self:TimmBackbone, state_dict:dict) -> dict:
         except (KeyError, AttributeError, RuntimeError): pass  # a layout the filter doesn't know: keys as they are
     return {f'model.{k}': v for k, v in sd.items()}
 
-# %% ../../nbs/backbones/04_timm.ipynb #354f4389
+# %% ../../nbs/backbones/04_timm.ipynb #f8a7e7c0
 _OWN_FIELDS = {f.name for f in fields(TimmConfig)} | {a for f in fields(TimmConfig) for a in f.metadata.get('aliases', ())}
 
 def timm_backbone(model_name:str, *, pretrained:bool=False, **kwargs) -> TimmBackbone:
