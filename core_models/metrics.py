@@ -295,7 +295,7 @@ class MeanAveragePrecision:
             self.tps.setdefault(c, []).append(match_detections(box_iou(boxes, gt), self.iou_thresholds))
 
     def compute(self) -> dict:
-        "`map`, `map_50`, `map_75`, `mar_100` (floats, -1 with no ground truth), `classes` and `map_per_class`."
+        "`map`, `map_50`, `map_75`, `mar_100` (floats, -1 with no ground truth, or for `map_50`/`map_75` when that IoU is not among `iou_thresholds`), `classes` and `map_per_class`."
         classes = sorted(self.num_gt)
         T, R = len(self.iou_thresholds), len(self.recall_thresholds)
         prec = torch.full((T, R, len(classes)), -1.0, dtype=torch.float64)
@@ -306,9 +306,11 @@ class MeanAveragePrecision:
                                                          self.num_gt[c], self.recall_thresholds)
         valid = torch.tensor([self.num_gt[c] > 0 for c in classes], dtype=torch.bool)
         def mean(x): return x[..., valid].mean().item() if valid.any() else -1.0
-        at = lambda t: int(torch.isclose(self.iou_thresholds.double(), torch.tensor(t, dtype=torch.float64)).nonzero()[0])
+        def at(t):  # mAP at one IoU threshold, if it is one of ours
+            hit = torch.isclose(self.iou_thresholds.double(), torch.tensor(t, dtype=torch.float64)).nonzero()
+            return mean(prec[int(hit[0])]) if len(hit) else -1.0
         per_class = torch.where(valid, prec.mean((0, 1)), torch.tensor(-1.0, dtype=torch.float64))
-        return dict(map=mean(prec), map_50=mean(prec[at(0.5)]), map_75=mean(prec[at(0.75)]), mar_100=mean(rec),
+        return dict(map=mean(prec), map_50=at(0.5), map_75=at(0.75), mar_100=mean(rec),
                     classes=classes, map_per_class=per_class.tolist())
 
     def _repr_markdown_(self):

@@ -107,7 +107,7 @@ def stage_names(model:nn.Module) -> list[str]:
     return [_prefix(model) + m for m in b.feature_info.module_name()]
 
 def capture(model:nn.Module, x:torch.Tensor, names:list[str], precision:str='auto') -> tuple[torch.Tensor, dict]:
-    "Run `model` on `x` in `precision` (`core_models.precision`: 'auto' is the fast path) with forward hooks on `names`; returns its output and `{name: output}`."
+    "Run `model` on `x` in `precision` (`core_models.precision`: 'auto' is the fast path) with forward hooks on `names`; returns its output and `{name: output}`, in fp32 whatever the precision computed them in."
     got, handles = {}, []
     for n in names:
         handles.append(model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: got.__setitem__(n, o)))
@@ -115,7 +115,8 @@ def capture(model:nn.Module, x:torch.Tensor, names:list[str], precision:str='aut
         with inference_context(x.device, precision, inference_mode=False): out = model(x)  # maps usable with autograd later
     finally:
         for h in handles: h.remove()
-    return out, got
+    fp32 = lambda t: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # plotting, numpy and comparisons expect fp32
+    return fp32(out), {n: fp32(o) for n, o in got.items()}
 
 def as_maps(t:torch.Tensor, model:nn.Module) -> torch.Tensor:
     "`(B, C, H, W)` maps from a stage output: maps as they are, ViT tokens without the class token on the patch grid (a backbone with its own `as_maps`, e.g. a timm one with NHWC stages, says how)."
