@@ -31,6 +31,13 @@ def main(epochs=12, batch_size=64, lr=3e-3, backbone='simple_cnn', size=32, thre
         with torch.no_grad(): preds = model(x_test).argmax(1)
         acc = (preds == y_test).float().mean().item()
         print(f'epoch {epoch + 1:2d}  loss {loss.item():.3f}  test accuracy {acc:.4f}  {time.time() - start:5.1f} s', flush=True)
+    from core_models.precision import fast_layout, inference_context
+    with inference_context('cpu', 'fp32'): ref = model(x_test).argmax(1)
+    fast_layout(model)
+    with inference_context('cpu', 'auto') as prec: fast = model(x_test.contiguous(memory_format=torch.channels_last)).float().argmax(1)
+    fast_acc = (fast == y_test).float().mean().item()
+    print(f'classification fast path ({prec} + channels_last) vs fp32: top-1 agreement {(fast == ref).float().mean().item():.4f}, '
+          f'test accuracy {fast_acc:.4f} vs {acc:.4f} (delta {fast_acc - acc:+.4f})')
     print(f'classification: {backbone} on digits {size}px, {epochs} epochs: test accuracy {acc:.4f} '
           f'({len(test)} images) in {time.time() - start:.1f} s on {torch.get_num_threads()} threads')
     return acc

@@ -102,6 +102,14 @@ def main():
                   val_pixel_acc=round(acc, 4), per_class_iou=dict(zip(['background', *ShapesDataset.classes], [round(v, 4) for v in iou.tolist()])),
                   wall_s=round(wall, 1), data_s=round(t_data, 1))
     print(json.dumps(result, indent=1))
+    from core_models.precision import inference_context, inference_precision
+    def predict(precision):
+        with inference_context('cpu', precision):
+            return torch.cat([model(xva[i:i + 100].contiguous(memory_format=torch.channels_last))['labels'] for i in range(0, len(xva), 100)])
+    p32, pfast = predict('fp32'), predict('auto')
+    m32, mfast = mean_iou(p32, yva, num_classes=head['num_classes'])[0], mean_iou(pfast, yva, num_classes=head['num_classes'])[0]
+    print(f"segmentation fast path ({inference_precision('cpu')} + channels_last) vs fp32: val mIoU {mfast:.4f} vs {m32:.4f} "
+          f"(delta {mfast - m32:+.4f}), pixels agreeing {(pfast == p32).float().mean().item():.4f}")
 
 
 if __name__ == '__main__':
