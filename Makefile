@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test chromium lab export clean-nbs help bench run release docs
+.PHONY: install test test-fast chromium lab export clean-nbs help bench run release docs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -29,13 +29,22 @@ export: install  ## regenerate core_models/ from the notebooks
 clean-nbs: install  ## strip metadata noise (execution counts, kernel info) from the notebooks
 	$(BIN)/nbdev-clean
 
-test: install chromium  ## export the package, run every notebook, then pytest
+NOTEBOOKS = find nbs -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' -not -name '_*' | sort
+# The notebooks whose lessons train a model (or run the pipeline): `make test` runs them, `make test-fast` skips them.
+TRAINING_NBS := nbs/tutorials/ nbs/index.ipynb nbs/06_training.ipynb nbs/07_cli.ipynb nbs/08_inference.ipynb \
+  nbs/architectures/05_multilabel.ipynb nbs/backbones/04_timm.ipynb nbs/widgets/01_features.ipynb nbs/widgets/02_monitor.ipynb
+
+test: install chromium  ## the whole truth (CI): export, run every notebook with its `#| slow` cells, then all of pytest
 	$(BIN)/nbdev-export
 	@# one process per notebook, two at a time: a notebook starts from a fresh interpreter, as in a new kernel
 	@# (nbdev-test's own pool reuses worker processes, so a notebook could see the registrations of the previous one)
-	find nbs -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' -not -name '_*' | sort | \
-	  xargs -P 2 -n 1 $(BIN)/nbdev-test --do-print
+	$(NOTEBOOKS) | xargs -P 2 -n 1 $(BIN)/nbdev-test --flags slow --do-print
 	$(BIN)/python -m pytest tests/ -q --durations=15
+
+test-fast: install  ## the edit loop (a few minutes): export, the notebooks that don't train (no `#| slow` cells), pytest -m "not slow"
+	$(BIN)/nbdev-export
+	$(NOTEBOOKS) | grep -v -F $(foreach n,$(TRAINING_NBS),-e $(n)) | xargs -P 2 -n 1 $(BIN)/nbdev-test --do-print
+	$(BIN)/python -m pytest tests/ -q -m 'not slow' --durations=10
 
 # The browser test (tests/test_widgets_browser.py) drives Debian's chromium; Playwright's own download fails offline.
 chromium:  ## install Debian's chromium for the browser test when it is missing (apt-get, as root)
