@@ -141,7 +141,6 @@ def test_repro_trains_and_beats_chance(trained):
     test = json.loads((proj/'eval'/'metrics.json').read_text())['test']
     if chance is None: chance = all_background_miou(proj)
     margin = {'accuracy': 0.4, 'map': 0.3, 'miou': 0.2}[metric]
-    print(format, test, chance)
     assert test[metric] > chance + margin, (test, chance)
     task = {'imagefolder': 'classification', 'coco': 'detection', 'masks': 'segmentation'}[format]
     summary = json.loads((proj/'data'/f'my-data-{task}'/'summary.json').read_text())
