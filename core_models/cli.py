@@ -12,9 +12,9 @@ import yaml
 
 # %% auto #0
 __all__ = ['PIPELINE_DATA_KEYS', 'TASK_ARCHITECTURES', 'PipelineError', 'load_params', 'section', 'data_spec', 'prepare',
-           'model_from_params', 'datasets_from_params', 'train', 'load_model', 'plot_losses', 'evaluate', 'run_summary',
-           'format_table', 'find_artifact', 'check_releasable', 'dvc_project', 'release', 'raised_by_the_kit',
-           'error_message', 'main', 'predict', 'export', 'predict_or_export']
+           'model_from_params', 'datasets_from_params', 'model_for_data', 'train', 'lr_find', 'load_model',
+           'plot_losses', 'evaluate', 'run_summary', 'format_table', 'find_artifact', 'check_releasable', 'dvc_project',
+           'release', 'raised_by_the_kit', 'error_message', 'main', 'predict', 'export', 'predict_or_export']
 
 # %% ../nbs/07_cli.ipynb #447e61c1
 class PipelineError(RuntimeError):
@@ -112,6 +112,16 @@ def _save_figure(fig, path:Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100); plt.close(fig)
 
+def model_for_data(params:dict, train_ds, root:str|Path='.'):
+    "The `model:` section's model, what it leaves out (null or absent) taken from the data: the architecture from the task, the classes (+ background for masks); a relative `backbone.weights` file is under `root`, as `data.path` is."
+    m = {k: v for k, v in section(params, 'model').items() if v is not None}
+    m.setdefault('architecture', TASK_ARCHITECTURES[train_ds.task])
+    m.setdefault('num_classes', len(getattr(train_ds, 'classes', [])) + (train_ds.task == 'segmentation'))
+    b = m.get('backbone')
+    if isinstance(b, dict) and isinstance(b.get('weights'), str) and b['weights'] != 'torchvision':
+        m['backbone'] = {**b, 'weights': str(Path(root)/b['weights'])}
+    return model_from_params({**params, 'model': m})
+
 def train(params:dict, out:str|Path='models/digits-cnn', live:str|Path|None='dvclive/train', root:str|Path='.') -> dict:
     "Train the `model:` on the `data:` with the `train:` settings; save the checkpoint to `out`. Returns the last epoch's row."
     from core_models.training import Trainer, TrainConfig
@@ -120,11 +130,7 @@ def train(params:dict, out:str|Path='models/digits-cnn', live:str|Path|None='dvc
     from core_models.data import show_augmented
     root = Path(root)
     train_ds, val_ds = datasets_from_params(params, root)
-    m = {k: v for k, v in section(params, 'model').items() if v is not None}  # null or absent: from the data
-    m.setdefault('architecture', TASK_ARCHITECTURES[train_ds.task])
-    m.setdefault('num_classes', len(getattr(train_ds, 'classes', [])) + (train_ds.task == 'segmentation'))  # + background for masks
-    params = {**params, 'model': m}
-    model = model_from_params(params)
+    model = model_for_data(params, train_ds, root)
     live_dir = None if live is None else root/live
     cfg = TrainConfig.resolve(section(params, 'train'), live_dir=live_dir, checkpoint_dir=None)
     trainer = Trainer(model, train_ds, val_ds, cfg)
@@ -136,6 +142,20 @@ def train(params:dict, out:str|Path='models/digits-cnn', live:str|Path|None='dvc
     save_checkpoint(model, trainer.optimizer, last['epoch'], {k: v for k, v in last.items() if k != 'epoch'}, root/out,
                     usage=usage_of(model, train_ds).to_dict())  # how to feed it (core_models.inference)
     return last
+
+# %% ../nbs/07_cli.ipynb #91d51430
+def lr_find(params:dict, out:str|Path|None='eval/plots/lr_find.png', root:str|Path='.', start_lr:float=1e-7, end_lr:float=10.0,
+            num_it:int=100):
+    "The LR range test of the `model:` on the `data:`'s training split with the `train:` settings; its plot written to `out`."
+    from core_models.training import TrainConfig, lr_find as range_test
+    root = Path(root)
+    (train_ds,) = datasets_from_params(params, root, splits=('train',))
+    model = model_for_data(params, train_ds, root)  # the model train would build
+    found = range_test(model, train_ds, start_lr, end_lr, num_it, config=TrainConfig.resolve(section(params, 'train')))
+    if out is not None:
+        (root/out).parent.mkdir(parents=True, exist_ok=True)
+        found.plot().savefig(root/out, dpi=100)
+    return found
 
 # %% ../nbs/07_cli.ipynb #b15b492c
 def load_model(model_dir:str|Path):
@@ -303,6 +323,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument('--model', default='models/digits-cnn', help='checkpoint folder to evaluate')
     s.add_argument('--out', default='eval', help='folder for metrics.json, confusion.tsv and plots/')
     s.add_argument('--live', default='dvclive/train', help="dvclive folder of the training run (for the loss curves)")
+    s = stage('lr-find', 'the learning-rate range test of the model: on the data: with the train: settings: a plot and a suggested lr')
+    s.add_argument('--out', default='eval/plots/lr_find.png', help='where to write the plot of loss against learning rate')
+    s.add_argument('--start-lr', type=float, default=1e-7, help='first learning rate (default 1e-7)')
+    s.add_argument('--end-lr', type=float, default=10.0, help='last learning rate (default 10)')
+    s.add_argument('--num-it', type=int, default=100, help='steps, one batch each (default 100)')
     s = command('metrics', help="the run's numbers: test metrics, best validation metric, epochs, training time")
     s.add_argument('--eval', default='eval', help="evaluate's output folder")
     s.add_argument('--live', default='dvclive/train', help="dvclive folder of the training run")
@@ -349,6 +374,9 @@ def _command(a) -> int:
     elif a.command == 'train':
         row = train(params, a.out, a.live)
         print('train: ' + ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in row.items()))
+    elif a.command == 'lr-find':
+        found = lr_find(params, a.out, start_lr=a.start_lr, end_lr=a.end_lr, num_it=a.num_it)
+        print(f'lr-find: {found._repr_markdown_().replace("**", "")}; plot: {a.out}')
     elif a.command == 'evaluate':
         print('evaluate: ' + ', '.join(f'{k}={v:.4g}' for k, v in evaluate(params, a.model, a.out, a.live).items()))
     return 0
