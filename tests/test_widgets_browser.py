@@ -87,7 +87,7 @@ _STATE = """() => {
 }"""
 
 NOTEBOOKS = {'00_builder': 'test_builder_notebook', '01_features': 'test_features_notebook',
-             '02_monitor': 'test_monitor_notebook', '03_registry': 'test_registry_notebook'}
+             '02_monitor': 'test_monitor_notebook', '03_registry': 'test_registry_notebook', '04_predict': 'test_predict_notebook'}
 
 def _open_and_run(chromium, lab:str, name:str):
     page = chromium.new_page(viewport={'width': 1400, 'height': 1400})
@@ -239,3 +239,29 @@ def test_registry_notebook(ran):
         text = status.inner_text()
         assert '⚠' not in text and 'could not' not in text, text
     _shot(w, '03_registry_after')
+
+def test_predict_notebook(ran, tmp_path):
+    page = ran['04_predict']
+    w = page.locator('.cm-predict')
+    assert w.count() == 1, 'the page should end with one live PredictWidget'
+    selects = w.locator('.widget-dropdown select')
+    assert selects.nth(0).input_value() == 'digits 1.0.0' and selects.nth(1).input_value() == 'digit 7'
+    assert _top_class(w) == '7', 'the digits version should name the digit it is shown'
+    status = w.locator('.widget-html', has_text='predicted in')
+    assert re.search(r'digit 7 \(32x32 px\) · digits@1.0.0 · predicted in [\d.]+ ms', status.inner_text()), status.inner_text()
+    assert _img_src(w.locator('.widget-image'))
+    _shot(w, '04_predict_demo')
+
+    # a person picks another digit, then the photograph, then drops a file of their own
+    src = _img_src(w.locator('.widget-image'))
+    selects.nth(1).select_option('digit 2')
+    page.wait_for_function("() => document.querySelector('.cm-predict .widget-html table tbody tr td')?.textContent === '2'", timeout=30_000)
+    _wait_src_change(page, '.cm-predict .widget-image', src)
+    selects.nth(1).select_option('photo: astronaut')
+    w.locator('.widget-html', has_text='photo: astronaut (512x512 px)').wait_for(timeout=30_000)
+    from PIL import Image
+    Image.new('RGB', (120, 80), 'white').save(tmp_path/'mine.png')
+    with page.expect_file_chooser() as chooser: w.locator('.widget-upload', has_text='your photo').click()
+    chooser.value.set_files(str(tmp_path/'mine.png'))
+    w.locator('.widget-html', has_text='mine.png (120x80 px)').wait_for(timeout=30_000)
+    _shot(w, '04_predict_after')
