@@ -24,10 +24,10 @@ from .settings import get_settings
 __all__ = ['IGNORE_INDEX', 'SPLITS', 'TASKS', 'SHAPE_CLASSES', 'SHAPES_SIZES', 'CLASS_COLORS', 'AUGMENTATIONS',
            'IMAGE_EXTENSIONS', 'DATASETS', 'DATA_FORMATS', 'to_image', 'TaskDataset', 'Table', 'dataset_summary',
            'class_counts', 'class_balance', 'stratified_split', 'DigitsDataset', 'Shape', 'Scene', 'make_scene',
-           'coverage', 'render', 'multi_hot', 'ShapesDataset', 'draw_item', 'show_samples', 'default_transforms',
-           'augmentation', 'show_augmented', 'detection_collate', 'DataError', 'read_image', 'ImageFolderDataset',
-           'prepared_dir', 'write_dataset', 'PreparedDataset', 'load_prepared', 'CocoDataset', 'read_mask',
-           'open_image_data', 'write_image_data']
+           'coverage', 'render', 'multi_hot', 'ShapesDataset', 'draw_item', 'spread_indices', 'show_samples',
+           'default_transforms', 'augmentation', 'show_augmented', 'detection_collate', 'DataError', 'read_image',
+           'ImageFolderDataset', 'prepared_dir', 'write_dataset', 'PreparedDataset', 'load_prepared', 'CocoDataset',
+           'read_mask', 'open_image_data', 'write_image_data']
 
 # %% ../nbs/03_data.ipynb #aab3e690
 IGNORE_INDEX = 255  # segmentation pixels that no loss or metric counts (VOC's convention)
@@ -291,14 +291,24 @@ def draw_item(image:torch.Tensor, target, num_classes:int|None=None) -> torch.Te
         return draw_segmentation_masks(pic, masks, colors=colors)
     return pic
 
-def show_samples(dataset:TaskDataset, n:int=8, ncols:int=8, start:int=0, scale:float=1.2):
-    "A matplotlib figure of items `start` to `start + n` of `dataset`, targets drawn by `draw_item`."
+def spread_indices(dataset:TaskDataset, n:int) -> list[int]:
+    "Up to `n` indices of `dataset` taking the classes in turn (each one's first item, then each one's second...), so a grid shows every class."
+    by_class = {}
+    for i in range(len(dataset)): by_class.setdefault((dataset.labels(i) or [-1])[0], []).append(i)
+    queues = [by_class[c] for c in sorted(by_class)]
+    picked = [q[k] for k in range(max(map(len, queues), default=0)) for q in queues if k < len(q)]
+    return picked[:n]
+
+def show_samples(dataset:TaskDataset, n:int=8, ncols:int=8, start:int=0, scale:float=1.2, indices:list[int]|None=None):
+    "A matplotlib figure of items `start` to `start + n` of `dataset` (or of `indices`), targets drawn by `draw_item`."
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
+    indices = list(indices) if indices is not None else list(range(start, start + n))
+    n = len(indices)
     nrows = math.ceil(n / ncols)
     fig, axs = plt.subplots(nrows, ncols, figsize=(ncols * scale, nrows * scale + 0.4), squeeze=False)
     for ax in axs.flat: ax.axis('off')
-    for ax, i in zip(axs.flat, range(start, start + n)):
+    for ax, i in zip(axs.flat, indices):
         image, target = dataset[i]
         ax.imshow(draw_item(image, target, len(dataset.classes)).permute(1, 2, 0).numpy(), interpolation='nearest')
         if isinstance(target, int): ax.set_title(dataset.classes[target], fontsize=9)
@@ -703,6 +713,7 @@ def write_image_data(format:str, path:str|Path, root:str|Path|None=None, name:st
         summary['splits'][split] = {'images': len(ds), 'per_class': class_counts(ds)}
     (out/'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
     import matplotlib.pyplot as plt
-    fig = show_samples(load_prepared(name, 'train', root, task=task), n=min(8, len(parts['train'])))
+    train = load_prepared(name, 'train', root, task=task)
+    fig = show_samples(train, indices=spread_indices(train, 8))
     fig.savefig(out/'samples.png', dpi=80); plt.close(fig)  # a look at what the model will see, labels drawn
     return out
