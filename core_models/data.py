@@ -429,6 +429,13 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.t
 class DataError(ValueError):
     "Data on disk that the kit cannot use: the message names the file and the problem."
 
+def _deep_to_uint8(a:np.ndarray, in_chans:int) -> torch.Tensor:
+    "A 16-bit, 32-bit or float grey image scaled by value to uint8 (PIL's convert('L') clips everything above 255 to white)."
+    floats, a = a.dtype.kind == 'f', a.astype(np.float64)
+    top = 1.0 if floats and a.size and a.max() <= 1.0 else (65535.0 if a.size and a.max() > 255 else 255.0)
+    grey = torch.from_numpy(np.clip(np.rint(a / top * 255), 0, 255).astype(np.uint8))[None]
+    return grey.expand(in_chans, -1, -1).clone()
+
 def read_image(path:str|Path, in_chans:int=3) -> torch.Tensor:
     "The image file `path` as a `(in_chans, H, W)` uint8 tensor, EXIF rotation applied, any mode converted."
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -438,6 +445,7 @@ def read_image(path:str|Path, in_chans:int=3) -> torch.Tensor:
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
+            if im.mode in ('I', 'I;16', 'I;16L', 'I;16B', 'F'): return _deep_to_uint8(np.array(im), in_chans)
             return TF.pil_to_tensor(im.convert('L' if in_chans == 1 else 'RGB'))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: not a readable image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
