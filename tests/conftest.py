@@ -34,3 +34,13 @@ def run_python(tmp_path):
         return subprocess.run([sys.executable, '-c', code], cwd=cwd or tmp_path, env=full_env,
                               capture_output=True, text=True, timeout=300)
     return run
+
+
+@pytest.fixture
+def one_thread():
+    "One torch thread for a test of tiny models (as fast, and no stalls when other jobs share the CPU); the caller's count restored."
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -18,13 +18,7 @@ ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'CORE_MODELS_DEVICE': 'cpu'}
 FRACTIONS = (0.5, 0.25, 0.25)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    "One torch thread per test (these models are tiny), restored afterwards."
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tests/conftest.py: one torch thread per test, restored
 
 
 @pytest.fixture(scope='module')

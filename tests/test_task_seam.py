@@ -12,12 +12,7 @@ from core_models.training import Trainer, TrainConfig, evaluate
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    "Small models train faster on one thread on a shared CPU; the caller's count is restored after each test."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tests/conftest.py: one torch thread per test, restored
 
 
 def test_training_module_names_no_task():

@@ -23,12 +23,7 @@ FAMILIES = {
 x64 = lambda n=2: torch.randn(n, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tests/conftest.py: one torch thread per test, restored
 
 
 @pytest.mark.parametrize('name', FAMILIES)
