@@ -18,7 +18,8 @@ __all__ = ['EXERCISES', 'CheckResult', 'close', 'equal', 'run_cases', 'check_acc
            'check_conv_output_size', 'check_conv_params', 'check_patchify', 'check_attention', 'check_gradcam',
            'check_normalize_map', 'check_box_iou', 'check_nms', 'check_centerness', 'check_confusion_matrix',
            'check_miou', 'check_bump_version', 'check_file_digest', 'check_bf16_round', 'check_speed_up', 'check_shard',
-           'check_scaled_lr']
+           'check_scaled_lr', 'check_count_per_class', 'check_steepest_lr', 'check_freeze_backbone', 'check_preprocess',
+           'check_box_to_image', 'check_top_k']
 
 # %% ../nbs/09_exercises.ipynb #1d62e29a
 @dataclass
@@ -292,6 +293,147 @@ def check_scaled_lr(fn) -> CheckResult:
             ((3e-3, 64, 16), 'a smaller batch')]
     return run_cases('scaled_lr', fn, [(args, args[0] * args[2] / args[1], why) for args, why in rows])
 
+# %% ../nbs/09_exercises.ipynb #b0fa07cb
+def _write_tree(root:Path, layout:dict) -> Path:
+    "Files under `root` from `{relative path: bytes}`; a path ending in '/' is an empty folder."
+    for rel, data in layout.items():
+        p = root/rel
+        if rel.endswith('/'): p.mkdir(parents=True, exist_ok=True); continue
+        p.parent.mkdir(parents=True, exist_ok=True); p.write_bytes(data)
+    return root
+
+def _per_class(root) -> dict:
+    "Images per class folder as torchvision's `ImageFolder` finds them (top-level files, extensions case-insensitive)."
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+    classes, to_idx = find_classes(root)
+    counts = dict.fromkeys(classes, 0)
+    for _, i in make_dataset(root, to_idx, extensions=IMG_EXTENSIONS, allow_empty=True): counts[classes[i]] += 1
+    return counts
+
+def check_count_per_class(fn) -> CheckResult:
+    "`fn(folder) -> {class: number of images}`: one entry per class folder, counting the image files an `imagefolder` reader takes."
+    img = b'\x89PNG\r\n\x1a\n'  # the bytes are never decoded: the count goes by the file name
+    layouts = [({'cat/1.jpg': img, 'cat/2.jpg': img, 'dog/1.jpg': img, 'owl/1.png': img, 'owl/2.png': img, 'owl/3.png': img},
+                'three class folders'),
+               ({'cat/IMG_001.JPG': img, 'cat/IMG_002.jpeg': img, 'dog/scan.PNG': img, 'dog/scan.tif': img},
+                'extensions in capitals (.JPG, .PNG): a camera writes them that way'),
+               ({'cat/1.jpg': img, 'cat/notes.txt': b'', 'cat/.DS_Store': b'', 'dog/1.webp': img, 'dog/labels.csv': b'', 'README.md': b''},
+                'files that are not images, in a class folder and beside the class folders'),
+               ({'cat/1.jpg': img, 'dog/': None}, 'an empty class folder (prepare refuses it: a count of 0 is what shows it)')]
+    with tempfile.TemporaryDirectory(prefix='check_per_class_') as d:
+        folders = [(_write_tree(Path(d)/f'case{i}', layout), why) for i, (layout, why) in enumerate(layouts)]
+        return run_cases('count_per_class', fn, [((f,), _per_class(f), why) for f, why in folders], equal)
+
+def _rel_close(got, expected, rtol:float=1e-6) -> str | None:
+    "None when the number `got` is within `rtol` of `expected`, relatively (learning rates span decades)."
+    if isinstance(got, torch.Tensor) and got.numel() == 1: got = got.item()
+    if not isinstance(got, (int, float)) or isinstance(got, bool): return f'expected a number like {expected:.4g}, got {type(got).__name__} {_show(got)}'
+    return None if abs(got - expected) <= rtol * abs(expected) else f'expected {expected:.4g}, got {got:.4g}'
+
+def check_steepest_lr(fn) -> CheckResult:
+    "`fn(lrs, losses) -> float`: the learning rate where the loss falls fastest per decade (fastai's `steep`, `lr_find`'s 'steepest')."
+    from core_models.training import _steepest
+    lrs = [10 ** (-5 + i / 4) for i in range(21)]   # 1e-5 to 1, four steps a decade, as lr_find spaces them
+    curve = [2.3, 2.3, 2.29, 2.28, 2.25, 2.2, 2.1, 1.9, 1.6, 1.2, 0.9, 0.7, 0.6, 0.55, 0.52, 0.55, 0.7, 1.0, 1.6, 2.5, 4.0]
+    uneven = [1e-4, 2e-4, 1e-3, 1.2e-3, 1e-2, 1e-1]   # two runs merged: the gaps are not equal in log(lr)
+    uneven_loss = [2.0, 1.9, 1.5, 1.4, 1.0, 0.9]
+    rows = [((lrs, curve), 'a range-test curve: flat, falling, then rising (the steepest fall is not the lowest loss)'),
+            ((uneven, uneven_loss), 'uneven steps: the fall per decade of lr counts, not the fall per step'),
+            ((lrs[:6], [3.0, 2.0, 1.9, 1.85, 1.82, 1.8]), 'the steepest fall at the very first step')]
+    return run_cases('steepest_lr', fn, [(args, args[0][_steepest(*args)], why) for args, why in rows], _rel_close)
+
+def _freeze_models() -> list:
+    class Net(nn.Module):
+        def __init__(self, backbone, head): super().__init__(); self.backbone, self.head = backbone, head
+        def forward(self, x): return self.head(self.backbone(x))
+    from core_models.architectures import CNNArchitecture
+    from core_models.heads import ClassificationHead
+    small = Net(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()), nn.Linear(8, 4))
+    kit = CNNArchitecture(backbone='simple_cnn', head=ClassificationHead(num_classes=4))
+    deep = Net(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Sequential(nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))),
+               nn.Sequential(nn.Flatten(), nn.Linear(4 * 4 * 4, 2)))
+    return [(small, 'a conv + BatchNorm backbone and a linear head'), (kit, "the kit's CNNArchitecture (simple_cnn)"),
+            (deep, 'BatchNorm nested a level down in the backbone')]
+
+def _frozen_as_expected(got, expected) -> str | None:
+    n, model = expected
+    if problem := equal(got, n): return f'{problem} trainable parameters'
+    still = [k for k, p in model.backbone.named_parameters() if p.requires_grad]
+    if still: return f"the count is right, but expected no gradients into the backbone, got requires_grad on {', '.join(still[:3])}"
+    head = [k for k, p in model.named_parameters() if not k.startswith('backbone.') and not p.requires_grad]
+    if head: return f"expected the parameters outside the backbone to keep training, got {', '.join(head[:3])} frozen too"
+    if not model.training: return 'expected only the backbone in eval mode, got the whole model in eval mode (the head still trains)'
+    moving = [f'backbone.{k}' for k, m in model.backbone.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    if moving: return (f"expected the backbone's BatchNorm layers in eval mode (their running statistics fixed), got "
+                       f"{', '.join(moving[:3])} still in training mode")
+    return None
+
+def check_freeze_backbone(fn) -> CheckResult:
+    "`fn(model) -> int`: freeze `model.backbone` (no gradients, BatchNorm statistics fixed) and return the parameters left to train."
+    cases = []
+    for model, why in _freeze_models():
+        model.train()
+        n = sum(p.numel() for k, p in model.named_parameters() if not k.startswith('backbone.'))
+        cases.append(((model,), (n, model), why))
+    return run_cases('freeze_backbone', fn, cases, _frozen_as_expected)
+
+# %% ../nbs/09_exercises.ipynb #4a02e115
+def _usage(**kw):
+    from core_models.inference import Usage
+    return Usage(**kw)
+
+def check_preprocess(fn) -> CheckResult:
+    "`fn(image (C, H0, W0) in [0, 1], usage) -> (C, h, w)`: resized to `usage.input_size` (the 'stretch' rule) and normalised, as `preprocess` does."
+    from core_models.inference import preprocess
+    g = torch.Generator().manual_seed(0)
+    imagenet = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    rows = [(torch.rand(3, 32, 32, generator=g), _usage(input_size=32, **imagenet), 'already the input size: only the normalisation'),
+            (torch.rand(3, 96, 96, generator=g), _usage(input_size=32, **imagenet), 'a 96-pixel photo to 32 (antialiased, as torchvision resizes)'),
+            (torch.rand(1, 40, 60, generator=g), _usage(in_chans=1, input_size=(24, 16), mean=(0.5,), std=(0.25,)),
+             'a greyscale photo to a (24, 16) input: input_size is (H, W)'),
+            (torch.rand(3, 12, 20, generator=g), _usage(input_size=(24, 40), interpolation='bicubic', **imagenet),
+             "a small photo enlarged, with usage.interpolation 'bicubic'")]
+    cases = [((x, u), preprocess(x, u).tensor, why) for x, u, why in rows]
+    return run_cases('preprocess', fn, cases, lambda a, b: close(a, b, 1e-4))
+
+def check_box_to_image(fn) -> CheckResult:
+    "`fn(boxes (N, 4) in input pixels, image_size (H0, W0), input_size (h, w)) -> (N, 4)`: the boxes in the photo's pixels ('stretch' rule), clipped to it."
+    from core_models.inference import preprocess
+    def mapped(boxes, image_size, input_size):
+        p = preprocess(torch.zeros(3, *image_size), _usage(input_size=input_size))  # the kit's map back: photo x = x * scale + offset
+        (sx, sy), (ox, oy) = p.scale, p.offset
+        H0, W0 = image_size
+        return (boxes * torch.tensor([sx, sy, sx, sy]) + torch.tensor([ox, oy, ox, oy])).clamp(min=torch.zeros(4), max=torch.tensor([W0, H0, W0, H0]).float())
+    rows = [((torch.tensor([[4., 8., 20., 16.]]), (96, 96), (32, 32)), 'a square photo three times the input'),
+            ((torch.tensor([[4., 8., 20., 16.], [0., 0., 32., 32.]]), (480, 640), (32, 32)), 'a 640 x 480 photo: x and y scale differently'),
+            ((torch.tensor([[-2., 3., 34., 30.]]), (60, 90), (30, 30)), 'a box drawn past the input edge: it ends at the photo edge'),
+            ((torch.zeros(0, 4), (50, 50), (32, 32)), 'no boxes at all')]
+    cases = [(args, mapped(*args), why) for args, why in rows]
+    return run_cases('box_to_image', fn, cases, lambda a, b: close(a, b, 1e-4))
+
+def _ranked(got, expected) -> str | None:
+    "None when `got` is the list of (name, probability) pairs `expected`, in order, probabilities within 1e-5."
+    if not isinstance(got, (list, tuple)): return f'expected a list of (name, probability) pairs like {_show(expected)}, got {type(got).__name__} {_show(got)}'
+    if len(got) != len(expected): return f'expected {len(expected)} pairs, got {len(got)}: {_show(got)}'
+    for r, (g, (name, prob)) in enumerate(zip(got, expected), 1):
+        if not isinstance(g, (list, tuple)) or len(g) != 2: return f'rank {r}: expected a (name, probability) pair like {(name, round(prob, 4))}, got {_show(g)}'
+        if g[0] != name: return f'rank {r}: expected the class {name!r}, got {g[0]!r}'
+        if problem := close(g[1], prob): return f'rank {r} ({name!r}): {problem} (a probability: softmax of the logits)'
+    return None
+
+def check_top_k(fn) -> CheckResult:
+    "`fn(logits (K,), classes, k) -> [(name, probability), ...]`: the `k` most likely classes, highest first, probabilities from a softmax."
+    g = torch.Generator().manual_seed(0)
+    digits = [str(i) for i in range(10)]
+    rows = [((torch.tensor([1.0, 3.0, 2.0]), ['cat', 'dog', 'owl'], 2), 'three classes, the top two'),
+            ((torch.randn(10, generator=g) * 3, digits, 3), 'ten digits, the top three'),
+            ((torch.tensor([1000.0, 998.0, 0.0]), ['cat', 'dog', 'owl'], 2), 'large logits: exp(1000) overflows unless the maximum is subtracted first'),
+            ((torch.tensor([0.5, -0.5]), ['no', 'yes'], 5), 'k larger than the number of classes: every class, as the Predictor does')]
+    def top(logits, classes, k):
+        p, i = logits.softmax(-1).topk(min(k, len(classes)))
+        return [(classes[j], float(v)) for v, j in zip(p, i.tolist())]
+    return run_cases('top_k', fn, [(args, top(*args), why) for args, why in rows], _ranked)
+
 # %% ../nbs/09_exercises.ipynb #87b6a0fa
 EXERCISES = {
     '00_tour': (check_accuracy, check_count_params),
@@ -303,4 +445,6 @@ EXERCISES = {
     '06_versioning': (check_bump_version, check_file_digest),
     '07_performance': (check_bf16_round, check_speed_up),
     '08_scaling_out': (check_shard, check_scaled_lr),
+    '09_own_images': (check_count_per_class, check_steepest_lr, check_freeze_backbone),
+    '10_predict': (check_preprocess, check_box_to_image, check_top_k),
 }

@@ -42,6 +42,13 @@ def _nms_unsorted(boxes, scores, t):
     return torch.tensor(keep, dtype=torch.long)
 def _bf16_truncate(x):
     return (x.view(torch.int32) & ~0xFFFF).view(torch.float32)   # drops the low bits: rounds toward zero
+def _freeze_params_only(model):
+    for p in model.backbone.parameters(): p.requires_grad_(False)   # BatchNorm statistics still move
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+def _preprocess_w_h(image, usage):
+    import torchvision.transforms.v2.functional as TF
+    x = TF.resize(image, list(usage.input_size[::-1]), antialias=True)       # (W, H) for (H, W)
+    return TF.normalize(x, list(usage.mean), list(usage.std))
 def _shard_contiguous(n, w, r):
     per = -(-n // w); idx = list(range(n)) + list(range(n))[:per * w - n]
     return idx[r * per:(r + 1) * per]                     # contiguous blocks, not interleaved
@@ -67,6 +74,14 @@ WRONG = {
     'check_speed_up': lambda a, b: (sum(a) / len(a)) / (sum(b) / len(b)),                 # means: the outlier counts
     'check_shard': _shard_contiguous,
     'check_scaled_lr': lambda lr, b0, b: lr * (b / b0) ** 0.5,                            # square-root rule
+    'check_count_per_class': lambda folder: {d.name: len(list(d.iterdir())) for d in sorted(Path(folder).iterdir())
+                                             if d.is_dir()},                              # counts every file
+    'check_steepest_lr': lambda lrs, losses: lrs[losses.index(min(losses))],              # the lowest loss
+    'check_freeze_backbone': _freeze_params_only,
+    'check_preprocess': _preprocess_w_h,
+    'check_box_to_image': lambda b, image_size, input_size: b * image_size[0] / input_size[0],  # one scale for x and y
+    'check_top_k': lambda logits, classes, k: [(classes[i], v) for v, i in
+                                               zip(*[t.tolist() for t in logits.topk(min(k, len(classes)))])],  # logits, no softmax
 }
 
 
