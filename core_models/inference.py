@@ -14,139 +14,16 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 from .config import ConfigError
-from .data import DataError, read_image, IMAGE_EXTENSIONS, TASKS, CLASS_COLORS
-from .architectures.base import task_of
-from .backbones.base import Backbone
+from .data import DataError, read_image, IMAGE_EXTENSIONS, CLASS_COLORS
 from .versioning.checkpoint import write_atomic
 from .precision import inference_precision, inference_context, fast_layout
+from .usage import RESIZE_RULES, INTERPOLATIONS, Usage, usage_of, UsageWarning, default_usage
+_all_ = ['RESIZE_RULES', 'INTERPOLATIONS', 'Usage', 'usage_of', 'UsageWarning', 'default_usage']  # still importable from here
 
 # %% auto #0
-__all__ = ['RESIZE_RULES', 'INTERPOLATIONS', 'PRECISIONS', 'Usage', 'usage_of', 'UsageWarning', 'default_usage',
-           'to_image_tensor', 'as_image_list', 'Prepared', 'preprocess', 'Prediction', 'resolve_precision',
+__all__ = ['PRECISIONS', 'to_image_tensor', 'as_image_list', 'Prepared', 'preprocess', 'Prediction', 'resolve_precision',
            'load_source', 'Predictor', 'agreement', 'image_files', 'predict_images', 'write_predictions',
-           'format_prediction']
-
-# %% ../nbs/08_inference.ipynb #a780a7c2
-RESIZE_RULES = ('stretch', 'shorter_crop')
-INTERPOLATIONS = ('bilinear', 'bicubic', 'nearest')
-
-def _pair(v) -> tuple[int, int]: return (int(v), int(v)) if isinstance(v, (int, float)) else tuple(int(x) for x in v)
-
-@dataclass
-class Usage:
-    "How to feed a model and read its outputs: task, class names, colour mode, input size, resize rule, mean/std."
-    task: str = 'classification'
-    classes: list|None = None  # one name per output (segmentation: 'background' first)
-    in_chans: int = 3  # 1: greyscale ('L'), 3: RGB
-    input_size: tuple = (224, 224)  # (H, W) the model is fed
-    resize: str = 'stretch'  # one of RESIZE_RULES
-    crop_pct: float = 1.0  # 'shorter_crop': the centre crop is this fraction of the resized shorter side
-    interpolation: str = 'bilinear'
-    mean: tuple = (0.0, 0.0, 0.0)
-    std: tuple = (1.0, 1.0, 1.0)
-    source: str = 'training'  # where it came from: 'training', or the fallback that was used
-
-    def __post_init__(self):
-        bad = lambda f, expected, given: ConfigError('Usage', f, expected, given)
-        if self.task not in TASKS: raise bad('task', f"one of {', '.join(TASKS)}", self.task)
-        if self.in_chans not in (1, 3): raise bad('in_chans', '1 (greyscale) or 3 (RGB)', self.in_chans)
-        try: self.input_size = _pair(self.input_size)
-        except (TypeError, ValueError): raise bad('input_size', '(H, W) or one int', self.input_size) from None
-        if len(self.input_size) != 2 or min(self.input_size) < 1: raise bad('input_size', '(H, W) of positive ints', self.input_size)
-        if self.resize not in RESIZE_RULES: raise bad('resize', f"one of {', '.join(RESIZE_RULES)}", self.resize)
-        if self.interpolation not in INTERPOLATIONS: raise bad('interpolation', f"one of {', '.join(INTERPOLATIONS)}", self.interpolation)
-        if not 0 < self.crop_pct <= 1: raise bad('crop_pct', 'a fraction in (0, 1]', self.crop_pct)
-        for f in ('mean', 'std'):
-            v = tuple(float(x) for x in getattr(self, f))
-            if len(v) == 3 and self.in_chans == 1: v = (sum(v) / 3,)  # a family's RGB statistics for a greyscale model
-            if len(v) != self.in_chans: raise bad(f, f'{self.in_chans} values (one per channel)', getattr(self, f))
-            setattr(self, f, v)
-        if any(s <= 0 for s in self.std): raise bad('std', 'positive values', self.std)
-        if self.classes is not None: self.classes = [str(c) for c in self.classes]
-
-    def to_dict(self) -> dict:
-        "Plain JSON types, what `meta.json` and the registry store."
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
-
-    @classmethod
-    def from_dict(cls, d:dict) -> Usage:
-        "The `Usage` a stored dict describes (unknown keys refused, naming them)."
-        if isinstance(d, Usage): return d
-        if not isinstance(d, dict): raise ConfigError('Usage', 'usage', 'a dict of its fields', d)
-        known = {f.name for f in fields(cls)}
-        if extra := sorted(set(d) - known): raise ConfigError('Usage', extra[0], f"one of the fields {', '.join(sorted(known))}", d[extra[0]])
-        return cls(**d)
-
-    def name(self, i:int) -> str:
-        "The name of output `i` (its number when there are no names)."
-        return self.classes[i] if self.classes and 0 <= i < len(self.classes) else str(i)
-
-    def _repr_markdown_(self) -> str:
-        h, w = self.input_size
-        rule = 'stretch to' if self.resize == 'stretch' else f'shorter side to {round(min(h, w) / self.crop_pct)}, centre crop'
-        rows = [('task', self.task), ('classes', ', '.join(self.classes) if self.classes else '-'),
-                ('colour', 'greyscale (L)' if self.in_chans == 1 else 'RGB'), ('input', f'{rule} {h}x{w} ({self.interpolation})'),
-                ('mean / std', f'{self.mean} / {self.std}'), ('recorded by', self.source)]
-        return '**Usage**\n\n| | |\n|---|---|\n' + '\n'.join(f'| {k} | {v} |' for k, v in rows)
-
-# %% ../nbs/08_inference.ipynb #9718fbca
-def _normalize_of(transform) -> tuple|None:
-    "(mean, std) of the first torchvision `Normalize` in `transform` (a v2 or v1 `Compose`, nested), or None."
-    if transform is None: return None
-    if hasattr(transform, 'mean') and hasattr(transform, 'std') and type(transform).__name__ == 'Normalize':
-        return tuple(transform.mean), tuple(transform.std)
-    for t in getattr(transform, 'transforms', None) or []:
-        if (found := _normalize_of(t)) is not None: return found
-    return None
-
-def _model_in_chans(model) -> int|None:
-    cfg = getattr(model, 'config', None)
-    return getattr(cfg, 'in_chans', None)
-
-def _output_names(classes, num_classes, task) -> list|None:
-    if classes is None: return None
-    classes = [str(c) for c in classes]
-    if task == 'segmentation' and num_classes == len(classes) + 1 and 'background' not in classes: return ['background', *classes]
-    return classes
-
-def usage_of(model:nn.Module, dataset=None, transform=None) -> Usage:
-    "The `Usage` of `model` trained on `dataset`: task, classes and input size from them, mean/std from a `Normalize` in `transform` (default: the dataset's)."
-    task = getattr(task_of(model), 'task', None) or 'classification'
-    num_classes = getattr(model, 'num_classes', None)
-    base = getattr(dataset, 'dataset', dataset)  # a Subset keeps its dataset's transform
-    classes = _output_names(getattr(dataset, 'classes', None), num_classes, task)
-    in_chans = _model_in_chans(model)
-    size = None
-    if dataset is not None and len(dataset):
-        shape = tuple(base.get(0)[0].shape) if hasattr(base, 'get') else tuple(dataset[0][0].shape)
-        in_chans, size = in_chans or shape[0], shape[-2:]
-    if size is None:
-        size = tuple(model.default_input_size()[-2:]) if callable(getattr(model, 'default_input_size', None)) else (224, 224)
-    in_chans = in_chans or 3
-    norm = _normalize_of(transform if transform is not None else getattr(base, 'transform', None))
-    mean, std = norm if norm is not None else ((0.0,) * in_chans, (1.0,) * in_chans)
-    return Usage(task=task, classes=classes, in_chans=in_chans, input_size=size, resize='stretch', mean=mean, std=std, source='training')
-
-# %% ../nbs/08_inference.ipynb #6a7d3fdc
-class UsageWarning(UserWarning):
-    "A model is used without a recorded `Usage`: its preprocessing is a fallback that may not be how it was trained."
-
-def default_usage(model:nn.Module, note:str='no usage recorded') -> Usage:
-    "The `Usage` the backbone's family declares (`pretrained_cfg`), marked as a fallback; warns (`UsageWarning`) that it is one."
-    task = getattr(task_of(model), 'task', None) or 'classification'
-    body = getattr(model, 'backbone', model)
-    cfg = body.pretrained_cfg if isinstance(body, Backbone) else Backbone.default_cfg
-    family = getattr(body, 'registered_name', None) or type(body).__name__
-    in_chans = _model_in_chans(model) or cfg['input_size'][0]
-    size = getattr(getattr(model, 'config', None), 'img_size', None) or tuple(cfg['input_size'][1:])
-    dense = task in ('detection', 'segmentation')  # a dense output is mapped back to the whole photo: no crop
-    u = Usage(task=task, classes=None, in_chans=in_chans, input_size=size, resize='stretch' if dense else 'shorter_crop',
-              crop_pct=1.0 if dense else cfg.get('crop_pct', 0.875), interpolation=cfg.get('interpolation', 'bilinear'),
-              mean=cfg['mean'], std=cfg['std'], source=f'fallback: the {family} family default ({note})')
-    warnings.warn(UsageWarning(f'{note}: preprocessing falls back to the {family} family default ({u.input_size[0]}x{u.input_size[1]}, '
-                               f'mean {u.mean}, std {u.std}); record a Usage when saving (save_checkpoint(..., usage=usage_of(model, dataset)))'),
-                  stacklevel=2)
-    return u
+           'format_prediction', 'RESIZE_RULES', 'INTERPOLATIONS', 'Usage', 'usage_of', 'UsageWarning', 'default_usage']
 
 # %% ../nbs/08_inference.ipynb #b6941db3
 def _channels(x:torch.Tensor, in_chans:int, what:str) -> torch.Tensor:

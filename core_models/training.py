@@ -20,6 +20,7 @@ from .settings import seed_everything, resolve_device
 from .precision import inference_precision, inference_layout
 from .metrics import dataset_classes, metric_class_names
 from .architectures.base import task_of, weight_decay_groups
+from .usage import Usage, UsageWarning, usage_of
 from .versioning.checkpoint import (CheckpointManager, config_hash, to_jsonable, read_meta, nonfinite_tensors,
                                           describe_nonfinite)
 
@@ -249,7 +250,7 @@ class TrainStep(nn.Module):
 class Trainer:
     "One training loop for any model whose task hooks (`training_loss`, `evaluation_step`, `metrics`, `collate_fn`, `monitor`) say how it learns."
     def __init__(self, model:nn.Module, train_dataset:Dataset, val_dataset:Dataset|None=None, config=None,
-                 callbacks:list|tuple=(), **overrides):
+                 callbacks:list|tuple=(), usage:Usage|dict|None=None, **overrides):
         self.config = c = TrainConfig.resolve(config, **overrides)
         self.hooks = task_of(model)  # the model itself, or the classification defaults for a plain module
         self.task = getattr(self.hooks, 'task', None)  # a description (recorded in the run config), never branched on
@@ -266,6 +267,8 @@ class Trainer:
         if c.sync_batchnorm: self.model = convert_sync_batchnorm(self.model, self.distributed, self.device)
         if c.channels_last: self.model = self.model.to(memory_format=torch.channels_last)
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
+        self.usage = self._read_usage(usage)  # recorded in every checkpoint
+        if self.usage is not None: self.model.usage = self.usage  # and kept on the model: Predictor(model) and register(model=) read it
         self.train_loader = self.make_loader(train_dataset, train=True)
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0: raise ValueError('Trainer: the training set gives no batch; is it empty?')
@@ -290,6 +293,16 @@ class Trainer:
 
     @property
     def per_rank_batch(self) -> int: return self.config.batch_size // self.world_size
+
+    def _read_usage(self, usage) -> Usage|None:
+        "`usage` when given, else `usage_of(model, train_dataset)`, else the model's own `usage`; None (with a `UsageWarning`) when none says."
+        if usage is not None: return Usage.from_dict(usage)
+        try: return usage_of(self.model, self.train_dataset)
+        except (ConfigError, AttributeError, TypeError, ValueError, IndexError, KeyError) as e:  # e.g. 4-channel images, items that aren't (image, target)
+            if getattr(self.model, 'usage', None) is not None: return Usage.from_dict(self.model.usage)
+            warnings.warn(UsageWarning(f'Trainer: could not read a Usage off this model and data ({e}); its checkpoints record none. '
+                                       'Pass Trainer(..., usage=Usage(...)) to record how to use the model'), stacklevel=3)
+            return None
 
     def make_loader(self, dataset:Dataset, train:bool=False) -> DataLoader:
         "A DataLoader of this process's share of `dataset`: shuffled and seeded for training, in order for evaluation."
@@ -672,7 +685,8 @@ def fit(self:Trainer) -> History:
             self._log(row)
             if self.checkpoints is not None and self.rank == 0:
                 self.checkpoints.save(self.model, self.optimizer, epoch, _numbers(row), scheduler=self.scheduler, scaler=self.scaler,
-                                      extra={'run_config': self.run_config(), 'history': list(self.history), 'step': self.step})
+                                      extra={'run_config': self.run_config(), 'history': list(self.history), 'step': self.step},
+                                      usage=self.usage.to_dict() if self.usage is not None else None)
             for cb in self.callbacks: cb.on_epoch_end(self, epoch, row)
             if self.distributed:
                 flag = _all_reduce(torch.tensor(float(self.stop_training), device=self.device), True)
