@@ -103,7 +103,7 @@ class DetectionHeadConfig(ComponentConfig):
 
 # %% ../../nbs/heads/02_detector.ipynb #99b4a977
 def _group_norm(channels:int) -> nn.GroupNorm:
-    "GroupNorm with 32 groups, or the largest divisor of `channels` below that (FCOS uses 32 for 256 channels)."
+    "GroupNorm with gcd(32, `channels`) groups: 32 when they divide `channels` (FCOS: 32 for 256 channels), else the largest power of two that does."
     return nn.GroupNorm(math.gcd(32, channels), channels)
 
 def _tower(channels:int, num_convs:int) -> nn.Sequential:
