@@ -48,6 +48,11 @@ def _as_device(device) -> torch.device:
     try: return torch.device(device)
     except (RuntimeError, TypeError): raise ConfigError('inference_precision', 'device', "a torch.device or a name such as 'cpu' or 'cuda:0'", device) from None
 
+def _cuda_bf16_native() -> bool:
+    "Whether the CUDA device computes bf16 natively (Ampere and later): torch's `is_bf16_supported()` also says yes where bf16 is only emulated."
+    try: return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError: return torch.cuda.is_bf16_supported()  # a torch without the argument counts no emulation
+
 def inference_precision(device:str|torch.device|None='cpu', precision:str='auto') -> str:
     "The precision inference runs in on `device`: `precision` itself when explicit, else bf16 on CPUs with native bf16 and on CUDA that has it, fp16 on older CUDA, fp32 elsewhere."
     if precision not in PRECISION_CHOICES:
@@ -55,7 +60,7 @@ def inference_precision(device:str|torch.device|None='cpu', precision:str='auto'
     if precision != 'auto': return precision
     device = _as_device(device)
     if device.type == 'cpu': return 'bf16' if bf16_native() else 'fp32'
-    if device.type == 'cuda': return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
+    if device.type == 'cuda': return 'bf16' if _cuda_bf16_native() else 'fp16'
     return 'fp32'
 
 def precision_dtype(precision:str) -> torch.dtype:
