@@ -1,5 +1,6 @@
-import os, sys, subprocess
+import json, os, re, shutil, subprocess, sys, time
 from pathlib import Path
+from typing import NamedTuple
 import pytest
 
 pytest.register_assert_rewrite('fidelity')  # the shared fidelity checks report both sides when they fail
@@ -44,3 +45,102 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# -- one released digits project for the whole session -------------------------------------------------------------
+# README.md's round trip (make run, release 1.0.0, an experiment, release 1.1.0, back to 1.0.0 and forward again) is
+# run once, from the README's own text, by the `readme_journey` fixture below. tests/test_readme.py judges the journey;
+# tests/test_pipeline.py and tests/test_predict.py work on copies of the project it leaves (`copy_project`: git, the
+# .dvc cache and the DVC remote beside it, copied in a fraction of a second, where a `dvc repro` takes a minute).
+
+README_TEXT = (ROOT/'README.md').read_text()
+VENV_BIN = str(Path(sys.executable).parent)
+# a plain shell: the system's PATH, without this venv (DVC's stages must find core-models the way the README says)
+PLAIN_PATH = os.pathsep.join(p for p in os.environ.get('PATH', '/usr/bin:/bin').split(os.pathsep)
+                             if p and Path(p).resolve() != Path(VENV_BIN).resolve())
+PLAIN_ENV = {k: v for k, v in os.environ.items() if k not in ('VIRTUAL_ENV', 'PYTHONPATH')} | {
+    'PATH': PLAIN_PATH, 'OMP_NUM_THREADS': '1'}
+DVC_REMOTE = 'core-models-dvc-storage'  # .dvc/config's remote: ../core-models-dvc-storage, beside the repo
+
+
+def shell_blocks(text:str) -> list[str]:
+    "The ```bash blocks of a markdown text, in order."
+    return re.findall(r'^```bash\n(.*?)^```', text, flags=re.S | re.M)
+
+
+def readme_lines() -> list[str]:
+    "The README's shell commands in order (comment-only and blank lines dropped), `make test` left out."
+    lines = [l for b in shell_blocks(README_TEXT) for l in b.splitlines() if l.strip() and not l.lstrip().startswith('#')]
+    return [l for l in lines if not re.match(r'\s*make test\b', l)]
+
+
+def bash(cmd:str, cwd:Path, check=True, env=None, timeout=900) -> subprocess.CompletedProcess:
+    "`cmd` in a plain bash (PLAIN_ENV unless `env`); raises with its output when it fails and `check`."
+    r = subprocess.run(['bash', '-c', cmd], cwd=cwd, env=env or PLAIN_ENV, capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode: raise AssertionError(f'{cmd!r} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}')
+    return r
+
+
+def fresh_clone(base:Path) -> Path:
+    "A clone of the work tree as it is now (committed in a scratch repo first), with this venv linked in."
+    src, repo = base/'src', base/'repo'
+    files = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard', '-z'], cwd=ROOT, capture_output=True, check=True).stdout
+    for rel in filter(None, files.decode().split('\0')):
+        if not os.path.lexists(ROOT/rel): continue  # deleted in the work tree, not yet committed
+        (src/rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT/rel, src/rel, follow_symlinks=False)
+    ident = 'git -c user.name=readme -c user.email=readme@example.com'
+    bash(f'git init -q -b main && git add -A && {ident} commit -q -m "core_models"', src)
+    bash(f'git clone -q {src} {repo}', base)
+    bash('git config user.name "A New User" && git config user.email user@example.com', repo)
+    (repo/'.venv').symlink_to(ROOT/'.venv')
+    return repo
+
+
+SNAP = r'''__snap() {  # after README line $1: where HEAD is, the model's digest, the learning rate, what git sees
+  printf '{"line": %s, "t": %s, "head": "%s", "model": "%s", "lr": "%s", "dirty": %s}\n' "$1" "$(date +%s.%N)" "$(git rev-parse HEAD)" \
+    "$(sha256sum models/digits-cnn/model.safetensors 2>/dev/null | cut -c1-64)" \
+    "$(grep -E '^  lr:' params.yaml | awk '{print $2}')" "$(git status --porcelain | wc -l)" >> "$SNAPSHOTS"
+}
+'''
+
+
+class Journey(NamedTuple):
+    repo: Path          # the clone after the README's last line (HEAD: the newest version, digits-cnn@v1.1.0)
+    lines: list         # the README lines run, in order
+    snaps: list         # one snapshot (dict) after each line
+    out: str            # what the lines printed (stdout + stderr)
+
+    def after(self, pattern:str) -> dict:
+        "The snapshot after the one README line matching `pattern`."
+        hits = [i for i, l in enumerate(self.lines) if re.search(pattern, l)]
+        assert len(hits) == 1, f'expected one README line matching {pattern!r}, got {hits}'
+        return self.snaps[hits[0]]
+
+
+@pytest.fixture(scope='session')
+def readme_journey(tmp_path_factory) -> Journey:
+    "The README's commands, run once in a fresh clone as a user types them: the clone, each line's snapshot and the output."
+    base = tmp_path_factory.mktemp('readme')
+    repo = fresh_clone(base)
+    lines = readme_lines()
+    script = 'set -e -o pipefail\n' + SNAP + ''.join(f'{l}\n__snap {i}\n' for i, l in enumerate(lines))
+    (base/'readme.sh').write_text(script)
+    start = time.time()
+    r = subprocess.run(['bash', str(base/'readme.sh')], cwd=repo, env=PLAIN_ENV | {'SNAPSHOTS': str(base/'snapshots.jsonl')},
+                       capture_output=True, text=True, timeout=1200)
+    snaps = [json.loads(l) for l in (base/'snapshots.jsonl').read_text().splitlines()] if (base/'snapshots.jsonl').exists() else []
+    done, t = len(snaps), [start] + [s['t'] for s in snaps]
+    print('\n'.join(f'{t[i + 1] - t[i]:6.1f} s  {lines[i]}' for i in range(done)))  # what a new user waits for (pytest -s)
+    assert r.returncode == 0, (f'README line {done} failed ({r.returncode}): {lines[done] if done < len(lines) else "?"}\n'
+                               f'{r.stdout[-4000:]}\n{r.stderr[-4000:]}')
+    return Journey(repo, lines, snaps, r.stdout + r.stderr)
+
+
+def copy_project(journey:Journey, dest:Path, remote:bool=True) -> Path:
+    """A copy of the journey's project in `dest`/repo (its git history and tags, .dvc cache, work tree and venv link),
+    with the DVC remote beside it in `dest` unless not `remote`; returns the copy's repo. For tests that change it."""
+    src = journey.repo
+    shutil.copytree(src, dest/'repo', symlinks=True)
+    if remote: shutil.copytree(src.parent/DVC_REMOTE, dest/DVC_REMOTE, symlinks=True)
+    return dest/'repo'

@@ -11,79 +11,18 @@ Then: the version round trip restores v1.0.0's model bytes; no command at the ro
 segmentation projects in pipelines/; a failed experiment is undone by the one command the README gives; the train
 stage's dependencies cover every module a training run imports.
 """
-import hashlib, json, os, re, shutil, subprocess, sys, time
+import hashlib, json, os, re, shutil, subprocess, sys
 from pathlib import Path
 import pytest, yaml
-from conftest import ROOT
+from conftest import ROOT, PLAIN_ENV as ENV, README_TEXT as README, bash as sh, shell_blocks, readme_lines, copy_project
 
-README = (ROOT/'README.md').read_text()
 MODEL = 'models/digits-cnn/model.safetensors'
-VENV_BIN = str(Path(sys.executable).parent)
-# a plain shell: the system's PATH, without this venv (DVC's stages must find core-models the way the README says)
-PLAIN_PATH = os.pathsep.join(p for p in os.environ.get('PATH', '/usr/bin:/bin').split(os.pathsep)
-                             if p and Path(p).resolve() != Path(VENV_BIN).resolve())
-ENV = {k: v for k, v in os.environ.items() if k not in ('VIRTUAL_ENV', 'PYTHONPATH')} | {
-    'PATH': PLAIN_PATH, 'OMP_NUM_THREADS': '1'}
-
-
-def shell_blocks(text:str) -> list[str]:
-    "The ```bash blocks of a markdown text, in order."
-    return re.findall(r'^```bash\n(.*?)^```', text, flags=re.S | re.M)
-
-
-def readme_lines() -> list[str]:
-    "The README's shell commands in order (comment-only and blank lines dropped), `make test` left out."
-    lines = [l for b in shell_blocks(README) for l in b.splitlines() if l.strip() and not l.lstrip().startswith('#')]
-    return [l for l in lines if not re.match(r'\s*make test\b', l)]
-
-
-def sh(cmd:str, cwd:Path, check=True, env=None, timeout=900) -> subprocess.CompletedProcess:
-    r = subprocess.run(['bash', '-c', cmd], cwd=cwd, env=env or ENV, capture_output=True, text=True, timeout=timeout)
-    if check and r.returncode: raise AssertionError(f'{cmd!r} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}')
-    return r
-
-
-def fresh_clone(base:Path) -> Path:
-    "A clone of the work tree as it is now (committed in a scratch repo first), with this venv linked in."
-    src, repo = base/'src', base/'repo'
-    files = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard', '-z'], cwd=ROOT, capture_output=True, check=True).stdout
-    for rel in filter(None, files.decode().split('\0')):
-        if not os.path.lexists(ROOT/rel): continue  # deleted in the work tree, not yet committed
-        (src/rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT/rel, src/rel, follow_symlinks=False)
-    ident = 'git -c user.name=readme -c user.email=readme@example.com'
-    sh(f'git init -q -b main && git add -A && {ident} commit -q -m "core_models"', src)
-    sh(f'git clone -q {src} {repo}', base)
-    sh('git config user.name "A New User" && git config user.email user@example.com', repo)
-    (repo/'.venv').symlink_to(ROOT/'.venv')
-    return repo
-
-
-SNAP = r'''__snap() {  # after README line $1: where HEAD is, the model's digest, the learning rate, what git sees
-  printf '{"line": %s, "t": %s, "head": "%s", "model": "%s", "lr": "%s", "dirty": %s}\n' "$1" "$(date +%s.%N)" "$(git rev-parse HEAD)" \
-    "$(sha256sum models/digits-cnn/model.safetensors 2>/dev/null | cut -c1-64)" \
-    "$(grep -E '^  lr:' params.yaml | awk '{print $2}')" "$(git status --porcelain | wc -l)" >> "$SNAPSHOTS"
-}
-'''
 
 
 @pytest.fixture(scope='module')
-def journey(tmp_path_factory):
-    "The README's commands, run once in a fresh clone; the clone, each line's snapshot and the output."
-    base = tmp_path_factory.mktemp('readme')
-    repo = fresh_clone(base)
-    lines = readme_lines()
-    script = 'set -e -o pipefail\n' + SNAP + ''.join(f'{l}\n__snap {i}\n' for i, l in enumerate(lines))
-    (base/'readme.sh').write_text(script)
-    start = time.time()
-    r = subprocess.run(['bash', str(base/'readme.sh')], cwd=repo, env=ENV | {'SNAPSHOTS': str(base/'snapshots.jsonl')},
-                       capture_output=True, text=True, timeout=1200)
-    snaps = [json.loads(l) for l in (base/'snapshots.jsonl').read_text().splitlines()] if (base/'snapshots.jsonl').exists() else []
-    done, t = len(snaps), [start] + [s['t'] for s in snaps]
-    print('\n'.join(f'{t[i + 1] - t[i]:6.1f} s  {lines[i]}' for i in range(done)))  # what a new user waits for (pytest -s)
-    assert r.returncode == 0, (f'README line {done} failed ({r.returncode}): {lines[done] if done < len(lines) else "?"}\n'
-                               f'{r.stdout[-4000:]}\n{r.stderr[-4000:]}')
-    return repo, lines, snaps, r.stdout + r.stderr
+def journey(readme_journey):
+    "The README's commands, run once in a fresh clone (tests/conftest.py, shared with the pipeline and predict tests)."
+    return readme_journey
 
 
 def line_index(lines, pattern) -> int:
@@ -133,8 +72,8 @@ def test_root_commands_leave_the_task_pipelines_alone(journey):
     assert 'pipelines/' not in r.stdout + r.stderr and 'up to date' in r.stdout
 
 
-def test_a_failed_experiment_is_undone_by_the_readmes_command(journey):
-    repo, lines, snaps, out = journey
+def test_a_failed_experiment_is_undone_by_the_readmes_command(journey, tmp_path):
+    repo = copy_project(journey, tmp_path, remote=False)  # the journey's project as it ended, to fail in
     restore = re.search(r'If one fails[^`]*`([^`]+)` puts the workspace back', README.replace('\n', ' '))
     assert restore, 'the README says how to undo a failed experiment'
     before = (repo/MODEL).read_bytes()
@@ -148,7 +87,7 @@ def test_a_failed_experiment_is_undone_by_the_readmes_command(journey):
 
 
 def test_train_depends_on_every_module_a_training_run_imports(journey, tmp_path):
-    repo, lines, snaps, out = journey
+    repo = copy_project(journey, tmp_path/'project', remote=False)  # its files are changed below
     params = yaml.safe_load((repo/'params.yaml').read_text())
     params['train'].update(epochs=1); params['data'].update(train_subset=64)
     (tmp_path/'params.yaml').write_text(yaml.safe_dump(params))
