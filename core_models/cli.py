@@ -126,7 +126,6 @@ def train(params:dict, out:str|Path='models/digits-cnn', live:str|Path|None='dvc
     "Train the `model:` on the `data:` with the `train:` settings; save the checkpoint to `out`. Returns the last epoch's row."
     from core_models.training import Trainer, TrainConfig
     from core_models.versioning.checkpoint import save_checkpoint
-    from core_models.inference import usage_of
     from core_models.data import show_augmented
     root = Path(root)
     train_ds, val_ds = datasets_from_params(params, root)
@@ -140,7 +139,7 @@ def train(params:dict, out:str|Path='models/digits-cnn', live:str|Path|None='dvc
     last = dict(history[-1])
     model = trainer.model.to('cpu').to(memory_format=__import__('torch').contiguous_format)
     save_checkpoint(model, trainer.optimizer, last['epoch'], {k: v for k, v in last.items() if k != 'epoch'}, root/out,
-                    usage=usage_of(model, train_ds).to_dict())  # how to feed it (core_models.inference)
+                    usage=trainer.usage and trainer.usage.to_dict())  # how to feed it, as the Trainer read it off train_ds
     return last
 
 # %% ../nbs/07_cli.ipynb #91d51430

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch, torch.nn as nn
 from .config import ConfigError
-from .inference import Usage, load_source, default_usage, UsageWarning, _parse_ref
+from .usage import Usage, default_usage, UsageWarning
+from .inference import load_source, _parse_ref
 from .versioning.checkpoint import write_atomic, sha256_file
 
 # %% auto #0

@@ -117,7 +117,7 @@ def usage_of(model:nn.Module, dataset=None, transform=None) -> Usage:
     size = None
     if dataset is not None and len(dataset):
         shape = tuple(base.get(0)[0].shape) if hasattr(base, 'get') else tuple(dataset[0][0].shape)
-        in_chans, size = in_chans or shape[0], shape[-2:]
+        in_chans, size = shape[0], shape[-2:]  # what it was fed wins over a config's (possibly defaulted) in_chans
     if size is None:
         size = tuple(model.default_input_size()[-2:]) if callable(getattr(model, 'default_input_size', None)) else (224, 224)
     in_chans = in_chans or 3

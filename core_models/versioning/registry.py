@@ -18,6 +18,7 @@ import core_models
 from ..settings import get_settings
 from ..config import config_as_dict
 from ..architectures.base import BaseArchitecture, register_architecture, get_architecture_class, list_architectures, _same_class
+from ..usage import Usage, usage_of
 from .checkpoint import (load_checkpoint, to_jsonable, git_info, CheckpointError, write_atomic, run_git,
                                               git_toplevel, _fsync_path)
 
@@ -192,7 +193,7 @@ class ModelVersion:
     created: str = ''
     git_rev: str|None = None  # the code revision it was registered from
     environment: dict = field(default_factory=dict)
-    usage: dict|None = None  # how to feed it: input size, resize rule, mean/std, colour mode, classes, task (`core_models.inference.Usage`)
+    usage: dict|None = None  # how to feed it: input size, resize rule, mean/std, colour mode, classes, task (`core_models.usage.Usage`)
     stages: tuple = ()
     tags: tuple = ()
     deprecated: bool = False
@@ -526,8 +527,8 @@ def _check_rebuild(cls, config, weights:dict|None, lazy=(), why:str=''):
 # %% ../../nbs/versioning/01_registry.ipynb #7bc89958
 @patch
 def register(self:ModelRegistry, name:str, version:str, model, config=None, checkpoint:Path|str|None=None,
-             tags=(), metrics:dict|None=None, description:str|None=None, usage:dict|None=None) -> ModelVersion:
-    "Register `model` (a class, an instance or an architecture name) as `name` `version`; in git, commit and tag it (printed). `usage` (default: the checkpoint's) says how to feed it."
+             tags=(), metrics:dict|None=None, description:str|None=None, usage=None, dataset=None) -> ModelVersion:
+    "Register `model` (a class, an instance or an architecture name) as `name` `version`; in git, commit and tag it (printed). How to feed it (`core_models.usage.Usage`): `usage` when given, else the checkpoint's, else `usage_of(model, dataset)` when `dataset` (the data it learnt from) is given, else the instance's own `model.usage` (what `Trainer` sets); none for a bare class."
     name, version = check_name(name), parse_version(version)
     tags = [tags] if isinstance(tags, str) else list(tags or ())
     for t in tags:
@@ -556,6 +557,11 @@ def register(self:ModelRegistry, name:str, version:str, model, config=None, chec
         with torch.random.fork_rng(devices=[]): instance = build_model(cls, config)
         try: instance.load_state_dict(sd, strict=True)
         except RuntimeError as e: raise RegistryError(f'{checkpoint}: its weights do not fit {cls.__name__} built from this config: {e}') from None
+    if usage is None and dataset is not None:
+        if instance is None: raise RegistryError(f'dataset: expected a model with weights to read its usage off (an instance, or checkpoint=), got {model!r} alone; or pass usage=')
+        usage = usage_of(instance, dataset)
+    if usage is None and instance is not None: usage = getattr(instance, 'usage', None)
+    if usage is not None: usage = Usage.from_dict(usage).to_dict()  # checked here, so a bad field fails before anything is written
     why = ''
     if checkpoint is None and instance is not None: config, why = _instance_config(instance, config)
     cfg = _jsonable(config_as_dict(config), 'config') if config is not None else None
