@@ -106,7 +106,7 @@ class VisionTransformer(Backbone):
         if isinstance(self.head, nn.Linear): nn.init.zeros_(self.head.weight); nn.init.zeros_(self.head.bias)
 
     def no_weight_decay(self) -> set[str]:
-        "The class token and the position embedding take no weight decay (timm's and the ViT paper's recipe)."
+        "The class token and the position embedding take no weight decay (timm's recipe, which DeiT trains with)."
         return {'cls_token', 'pos_embed.pos_embed'}
 
     def features_from_stages(self, maps, x):

@@ -255,7 +255,7 @@ class SinCosPositionEmbedding2d(Configurable, nn.Module):
         dim: int = config_field(doc='width of the tokens; divisible by 4', ge=4, aliases=('embed_dim',))
         grid_size: int | tuple[int, int] | None = config_field(None, doc='default patch grid; None: square, from the tokens', ge=1)
         num_prefix_tokens: int = config_field(0, doc='tokens in front of the patch tokens (they get zeros)', ge=0)
-        temperature: float = config_field(10000., doc='longest wavelength', gt=0)
+        temperature: float = config_field(10000., doc='base of the frequencies (wavelengths from 2*pi up to about 2*pi*temperature)', gt=0)
         def check(self):
             if self.dim % 4: raise self.error('dim', 'a multiple of 4')
 
