@@ -1,4 +1,4 @@
-import json, os, re, shutil, subprocess, sys, time
+import contextlib, io, json, os, re, shutil, subprocess, sys, time
 from pathlib import Path
 from typing import NamedTuple
 import pytest
@@ -35,6 +35,16 @@ def run_python(tmp_path):
         return subprocess.run([sys.executable, '-c', code], cwd=cwd or tmp_path, env=full_env,
                               capture_output=True, text=True, timeout=300)
     return run
+
+
+def cli_in_process(*args, cwd) -> subprocess.CompletedProcess:
+    """`core-models *args` run in this process (`core_models.cli.main`, as the console script calls it), in `cwd`: for
+    the cases that are not about the process boundary (a test module's first call of a command crosses it for real);
+    saves the 2-4 s of CPU an interpreter start with torch (and torchvision) takes."""
+    from core_models.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err): code = main([str(a) for a in args])
+    return subprocess.CompletedProcess(['core-models', *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import hashlib, json, os, shutil, subprocess, sys
 from pathlib import Path
 import pytest, yaml
 from safetensors.torch import load_file
-from conftest import ROOT, copy_project
+from conftest import ROOT, copy_project, cli_in_process
 
 BIN = Path(sys.executable).parent
 NAME, WEIGHTS = 'digits-cnn', 'models/digits-cnn/model.safetensors'
@@ -111,14 +111,14 @@ def test_release_refuses_weights_not_in_the_remote_a_dirty_tree_and_an_existing_
     journey, _, v1, v2 = versions
     repo = copy_project(journey, tmp_path/'no-remote', remote=False)  # the remote folder (../core-models-dvc-storage) is empty
     (tmp_path/'no-remote'/'core-models-dvc-storage').mkdir()
-    r = release('1.2.0', repo, check=False)
-    assert r.returncode == 2 and 'not in the DVC remote' in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    r = cli_in_process('release', NAME, '1.2.0', cwd=repo)
+    assert r.returncode == 2 and 'not in the DVC remote' in r.stderr, r.stderr
     repo = copy_project(journey, tmp_path/'pushed')
     (repo/'notes.txt').write_text('work in progress\n')
-    r = release('1.2.0', repo, check=False)
+    r = cli_in_process('release', NAME, '1.2.0', cwd=repo)
     assert r.returncode == 2 and 'uncommitted changes' in r.stderr and 'notes.txt' in r.stderr
     (repo/'notes.txt').unlink()
-    r = release('1.0.0', repo, check=False)  # HEAD holds the 1.1.0 weights
+    r = release('1.0.0', repo, check=False)  # HEAD holds the 1.1.0 weights (a real process: one line, no traceback)
     assert r.returncode == 2 and 'already registered with a different' in r.stderr and 'Traceback' not in r.stderr
     assert sh('git', 'tag', '--list', cwd=repo).stdout.split() == [f'{NAME}@v1.0.0', f'{NAME}@v1.1.0']  # nothing released
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np, pytest, torch, yaml
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
-from conftest import ROOT, copy_project
+from conftest import ROOT, copy_project, cli_in_process as cli
 
 from core_models.inference import Predictor, Usage, UsageWarning, to_image_tensor
 from core_models.versioning.checkpoint import save_checkpoint, read_meta
@@ -101,14 +101,16 @@ def test_core_models_predict_names_the_right_digit(released):
     assert len(right) >= 0.9 * N_IMAGES, (len(right), got[:3])
     assert all(len(g['predictions']) == 3 for g in got)
     # one line an image without --json
-    r = sh(BIN/'core-models', 'predict', 'digits@1.0.0', 'photos/00.png', 'photos/01.png', '--registry', 'registry', cwd=repo)
+    r = cli('predict', 'digits@1.0.0', 'photos/00.png', 'photos/01.png', '--registry', 'registry', cwd=repo)
+    assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0].startswith('photos/00.png: ') and len(r.stdout.splitlines()) == 2
 
 
 def test_batch_mode_writes_a_predictions_file(released):
     repo, reg, _, labels = released
     for out in ('predictions.csv', 'out/predictions.json'):
-        sh(BIN/'core-models', 'predict', 'digits@v1.0.0', 'photos', '--out', out, '--top-k', '1', '--registry', 'registry', cwd=repo)
+        r = cli('predict', 'digits@v1.0.0', 'photos', '--out', out, '--top-k', '1', '--registry', 'registry', cwd=repo)
+        assert r.returncode == 0 and f'predict: wrote {out} ({N_IMAGES} images)' in r.stderr, r.stderr
     rows = (repo/'predictions.csv').read_text().splitlines()
     assert rows[0] == 'image,rank,label,score' and len(rows) == N_IMAGES + 1
     assert rows[1].startswith('photos/00.png,1,')
@@ -148,7 +150,7 @@ def test_bad_inputs_are_refused_in_one_line(released, tmp_path):
     r = sh(BIN/'core-models', 'predict', 'digits@9.9.9', 'photos', '--registry', 'registry', cwd=repo, check=False)
     assert r.returncode == 2 and 'has no version 9.9.9' in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     (tmp_path/'broken.png').write_bytes(b'not a png')
-    r = sh(BIN/'core-models', 'predict', 'digits@1.0.0', str(tmp_path/'broken.png'), '--registry', 'registry', cwd=repo, check=False)
+    r = cli('predict', 'digits@1.0.0', str(tmp_path/'broken.png'), '--registry', 'registry', cwd=repo)
     assert r.returncode == 2 and 'not a readable image' in r.stderr, r.stderr
-    r = sh(BIN/'core-models', 'predict', 'digits@1.0.0', str(tmp_path/'empty'), '--registry', 'registry', cwd=repo, check=False)
+    r = cli('predict', 'digits@1.0.0', str(tmp_path/'empty'), '--registry', 'registry', cwd=repo)
     assert r.returncode == 2 and 'no such image file or folder' in r.stderr, r.stderr
