@@ -42,8 +42,13 @@ def cli_in_process(*args, cwd) -> subprocess.CompletedProcess:
     the cases that are not about the process boundary (a test module's first call of a command crosses it for real);
     saves the 2-4 s of CPU an interpreter start with torch (and torchvision) takes."""
     from core_models.cli import main
+    from core_models.settings import get_settings
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err): code = main([str(a) for a in args])
+    try:
+        with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            get_settings(reload=True)  # as a process started in `cwd` reads them: its settings.ini, its data_path
+            code = main([str(a) for a in args])
+    finally: get_settings(reload=True)
     return subprocess.CompletedProcess(['core-models', *map(str, args)], code, out.getvalue(), err.getvalue())
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest, yaml
 from PIL import Image
-from conftest import ROOT
+from conftest import ROOT, cli_in_process
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PATH': f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -96,8 +96,10 @@ def project(tmp:Path, format:str, data:dict|None=None, model:dict|None=None) -> 
 
 @pytest.mark.parametrize('format, task, metric', [('imagefolder', 'classification', 'accuracy'),
                                                   ('coco', 'detection', None), ('masks', 'segmentation', None)])
-def test_prepare_train_evaluate(tmp_path, format, task, metric):
+def test_prepare_train_evaluate(tmp_path, one_thread, format, task, metric):
+    "The three stages in this process (tests/test_own_data_pipeline.py runs them as `dvc repro`'s processes, per format)."
     repo = project(tmp_path, format)
+    cli = cli_in_process
     r = cli('prepare', '--only', 'data', cwd=repo)
     assert r.returncode == 0, r.stderr
     out = repo/'data'/f'mydata-{task}'
@@ -143,10 +145,11 @@ MALFORMED = {'corrupt image': ('imagefolder', _corrupt_image, {}), 'empty image'
 
 @pytest.mark.parametrize('case', MALFORMED)
 def test_malformed_data_fails_in_prepare(tmp_path, case):
+    "The first case in a real `core-models` process (exit code 2, one line on stderr, no traceback); the others in this one."
     format, spoil, model = MALFORMED[case]
     repo = project(tmp_path, format, model=model)
     path, problem = spoil(repo)
-    r = cli('prepare', '--only', 'data', cwd=repo)
+    r = (cli if case == next(iter(MALFORMED)) else cli_in_process)('prepare', '--only', 'data', cwd=repo)
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     msg = r.stderr.strip()
     assert len(msg.splitlines()) == 1 and 'Traceback' not in msg, msg
