@@ -6,12 +6,12 @@ Docs: https://core-models.github.io/core-models/names.html.md"""
 
 # %% ../nbs/01c_names.ipynb #247f4eb9
 from __future__ import annotations
-import difflib, fnmatch
+import difflib, fnmatch, inspect, textwrap, types
 from typing import Any
 from .config import _show
 
 # %% auto #0
-__all__ = ['NameRegistry']
+__all__ = ['NameRegistry', 'same_definition']
 
 # %% ../nbs/01c_names.ipynb #70fa9556
 def _describe(obj) -> str:
@@ -78,3 +78,56 @@ class NameRegistry:
         als = {n: [a for a, t in self.aliases.items() if t == n] for n in self.entries}
         rows = [f"| `{n}` | {', '.join(f'`{a}`' for a in sorted(als[n]))} | {_describe(o)} |" for n, o in sorted(self.entries.items())]
         return f'**{self.kind} registry**\n\n| name | aliases | registered |\n|---|---|---|\n' + '\n'.join(rows)
+
+# %% ../nbs/01c_names.ipynb #635c12ee
+_NOT_MEMBERS = {'__module__', '__qualname__', '__dict__', '__weakref__', '__firstlineno__', '__static_attributes__',
+                '__annotations__', '__annotate__', '_abc_impl', 'registered_name'}  # where and how it was written; what registries set
+
+def _source(f) -> str|None:
+    "The text `f` was written as (a module file, or a notebook cell IPython keeps), or None (code made by exec)."
+    try: return textwrap.dedent(inspect.getsource(f))
+    except (OSError, TypeError): return None
+
+def _cells(f) -> tuple:
+    try: return tuple(c.cell_contents for c in f.__closure__ or ())
+    except ValueError: return (object(),)  # an empty cell: never the same as another
+
+def _slots(o) -> list[str]:
+    names = [c.__dict__.get('__slots__', ()) for c in type(o).__mro__]
+    return [s for n in names for s in ((n,) if isinstance(n, str) else n) if s not in ('__dict__', '__weakref__')]
+
+def _has_state(o) -> bool: return hasattr(o, '__dict__') or bool(_slots(o))
+def _state(o) -> dict: return {**getattr(o, '__dict__', {}), **{s: getattr(o, s, None) for s in _slots(o)}}
+
+def _same(x, y, seen:set) -> bool:
+    "Structural sameness; `seen` holds the pairs of classes being compared (a method's `__class__` cell points back to its class)."
+    if x is y: return True
+    if type(x) is not type(y): return False
+    same = lambda u, v: _same(u, v, seen)
+    if isinstance(x, types.CodeType):  # compiled from the same text, wherever it sits (file and line numbers may differ)
+        return (x.co_code == y.co_code and x.co_names == y.co_names and x.co_varnames == y.co_varnames
+                and len(x.co_consts) == len(y.co_consts) and all(map(same, x.co_consts, y.co_consts)))
+    if isinstance(x, types.FunctionType):  # by its text where both have one: the bytecode of one text depends on the cell or module around it
+        texts = _source(x), _source(y)
+        return (x.__qualname__ == y.__qualname__ and (texts[0] == texts[1] if None not in texts else same(x.__code__, y.__code__)) and same(x.__defaults__, y.__defaults__)
+                and same(x.__kwdefaults__, y.__kwdefaults__) and same(_cells(x), _cells(y)))
+    if isinstance(x, (staticmethod, classmethod)): return same(x.__func__, y.__func__)
+    if isinstance(x, property): return all(same(getattr(x, f), getattr(y, f)) for f in ('fget', 'fset', 'fdel'))
+    if isinstance(x, type):
+        if (id(x), id(y)) in seen: return True
+        seen.add((id(x), id(y)))
+        if x.__qualname__ != y.__qualname__ or [c.__qualname__ for c in x.__bases__] != [c.__qualname__ for c in y.__bases__]: return False
+        mx, my = ({k: v for k, v in vars(c).items() if k not in _NOT_MEMBERS} for c in (x, y))
+        return my.keys() <= mx.keys() and all(same(mx[k], my[k]) for k in my)  # x may have gained methods since (`@patch`)
+    if isinstance(x, (tuple, list)): return len(x) == len(y) and all(map(same, x, y))
+    if isinstance(x, dict): return x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
+    try:
+        if x == y: return True
+    except Exception: pass
+    if type(x).__eq__ is not object.__eq__ or (id(x), id(y)) in seen: return (id(x), id(y)) in seen  # its own equality said no
+    seen.add((id(x), id(y)))  # an object equal only to itself (a dataclass's Field): the same if its state is
+    return _has_state(x) and same(_state(x), _state(y))
+
+def same_definition(old, new) -> bool:
+    "`new` is `old`, or the same class or function defined again (a cell run again, a module's class defined again on its nbdev page); `old` may have gained methods since (fastcore's `@patch`)."
+    return old is new or (isinstance(old, (type, types.FunctionType)) and _same(old, new, set()))

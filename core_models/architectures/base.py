@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 import torch, torch.nn as nn, torch.nn.functional as F
 from ..config import Configurable, ComponentConfig, config_field, ConfigError, config_as_dict
 from ..checks import check_shape, check_dtype
-from ..names import NameRegistry
+from ..names import NameRegistry, same_definition
 from ..summary import summary, ModelSummary
 from ..backbones.base import Backbone, FeatureInfo, create_backbone, get_backbone_entry, list_backbones
 from ..heads.base import Head, create_head, get_head_class
@@ -34,8 +34,8 @@ def architecture_name(cls:type) -> str:
     return words
 
 def _same_class(a, b) -> bool:
-    "`b` is `a`, or `a` defined again (a notebook cell run twice, a module reloaded)."
-    return a is b or (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
+    "`b` is `a`, or `a` defined again: a notebook cell run twice, a module reloaded, or a module's class defined again by the notebook that exports it (`same_definition`)."
+    return a is b or (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__) or same_definition(a, b)
 
 def _where(cls) -> str: return f'{cls.__module__}.{cls.__qualname__}'
 
@@ -257,8 +257,8 @@ class BaseArchitecture(ClassificationTask, Configurable, nn.Module):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        _register_by_itself(cls)
         if '__init__' in cls.__dict__: cls.__init__ = records_arguments(cls.__dict__['__init__'])
+        _register_by_itself(cls)  # finished first, so that it compares with a registered class of the same code (`same_definition`)
 
     @records_arguments
     def __init__(self, config=None, *, backbone=None, neck=None, head=None, **overrides):

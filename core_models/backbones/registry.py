@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
-from ..names import NameRegistry
+from ..names import NameRegistry, same_definition
 from .base import Backbone
 from .simple import SimpleCNN
 from .weights import load_weights
@@ -68,13 +68,6 @@ class BackboneEntry:
 
 _BACKBONES = NameRegistry('backbone', n_close=4, lister='list_backbones')
 
-def _same_builder(a, b) -> bool:
-    "The same function, or one defined by the same code (a cell run again, or a module's function redefined in a notebook, its family class with it)."
-    if a is b: return True
-    ca, cb = getattr(a, '__code__', None), getattr(b, '__code__', None)
-    return (ca is not None and cb is not None and a.__qualname__ == b.__qualname__
-            and ca.co_code == cb.co_code and ca.co_consts == cb.co_consts and ca.co_names == cb.co_names)
-
 def register_backbone(fn:Callable|None=None, *, name:str|None=None, aliases:tuple=(), torchvision:str|None=None,
                       family:str|None=None, cls:type|None=None, variant:Variant|None=None):
     "Decorator: register a builder `fn(**overrides) -> Backbone` under `name` (default: the function's name); a family's variant also gives `cls` and `variant`."
@@ -83,7 +76,7 @@ def register_backbone(fn:Callable|None=None, *, name:str|None=None, aliases:tupl
         tv = torchvision or (variant.torchvision if variant else None)
         entry = BackboneEntry(n, fn, family or fn.__module__.rsplit('.', 1)[-1], tuple(aliases), tv, cls, variant)
         old = _BACKBONES.entries.get(n)
-        same = old is not None and _same_builder(old.builder, fn) and (old.aliases, old.torchvision, old.variant) == \
+        same = old is not None and same_definition(old.builder, fn) and (old.aliases, old.torchvision, old.variant) == \
                (entry.aliases, entry.torchvision, entry.variant) and getattr(old.cls, '__qualname__', None) == getattr(cls, '__qualname__', None)
         if old is not None and not same:
             warnings.warn(f'register_backbone: {n!r} was registered already; the new builder replaces it')
