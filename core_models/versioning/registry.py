@@ -751,7 +751,7 @@ def _weights_bytes(self:ModelRegistry, mv:ModelVersion) -> tuple[bytes, str]:
 
 @patch
 def load(self:ModelRegistry, name:str, version:str='latest', *, device=None) -> nn.Module:
-    "The model `name` at `version` (semver, `'latest'`, stage or tag), built from its class and config with its verified weights."
+    "The model `name` at `version` (semver, `'latest'`, stage or tag), built from its class and config with its verified weights; its recorded `Usage` is `model.usage`."
     mv = self.get(name, version)
     cls = resolve_class(mv.model_class)
     with torch.random.fork_rng(devices=[]):
@@ -771,6 +771,7 @@ def load(self:ModelRegistry, name:str, version:str='latest', *, device=None) -> 
         if unexpected or set(missing) != set(mv.weights.get('lazy', ())):
             raise RegistryError(f"{name} {mv.version}: the weights do not fit {cls.__name__}: missing "
                                 f"{sorted(set(missing) - set(mv.weights.get('lazy', ())))[:3]}, unexpected {unexpected[:3]}")
+    if mv.usage is not None: model.usage = Usage.from_dict(mv.usage)  # how to feed it, kept on the model as the Trainer does: Predictor(model) reads it
     if device is not None: model = model.to(device)
     return model.eval()
 
