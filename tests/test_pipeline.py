@@ -16,6 +16,8 @@ from conftest import ROOT, copy_project, cli_in_process
 
 BIN = Path(sys.executable).parent
 NAME, WEIGHTS = 'digits-cnn', 'models/digits-cnn/model.safetensors'
+# what the root pipeline needs from the work tree besides core_models/ (tests/test_timm_backbones.py builds a repo from it)
+FILES = ['.dvc/config', '.dvc/.gitignore', '.dvcignore', '.gitignore', 'dvc.yaml', 'params.yaml', 'settings.ini', 'data/.gitignore']
 ENV = {**os.environ, 'PATH': f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
        'GIT_AUTHOR_NAME': 'test', 'GIT_AUTHOR_EMAIL': 'test@example.com',
        'GIT_COMMITTER_NAME': 'test', 'GIT_COMMITTER_EMAIL': 'test@example.com'}
