@@ -10,13 +10,9 @@ from core_models.training import Trainer, TrainConfig, Callback, EarlyStopping
 
 
 @pytest.fixture(autouse=True)
-def one_thread_in_tmp(tmp_path, monkeypatch):
-    "Small models train fastest on one thread (much faster on a busy machine); every file goes to tmp_path."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def one_thread_in_tmp(one_thread, tmp_path, monkeypatch):
+    "Small models train fastest on one thread (tests/conftest.py; much faster on a busy machine); every file goes to tmp_path."
     monkeypatch.chdir(tmp_path)
-    yield
-    torch.set_num_threads(n)
 
 
 def digits(n=64, train=True, size=16):

@@ -2,7 +2,6 @@
 verdict on one case: 'clear' (the expected error type, every naming word in its message, raised by core_models' own
 code), 'unclear' (raised, but not like that) or 'silent' (accepted without an error)."""
 import os, traceback, warnings
-import pytest, torch
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -41,12 +40,3 @@ def outcome(c:Case, tmp:Path, quiet:tuple=()) -> tuple[str, str]:
         return 'clear', msg
     finally: os.chdir(cwd)
     return 'silent', 'accepted without an error'
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    "Fault cases run tiny models: one torch thread each, the caller's count restored after (other tests compare runs).\n\n    Autouse in every fault test module that imports it (a conftest.py here would shadow tests/conftest.py)."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

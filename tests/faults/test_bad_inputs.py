@@ -29,7 +29,7 @@ from core_models.versioning.checkpoint import (CheckpointError, CheckpointManage
                                                sha256_file)
 
 from faultcases import Case, outcome
-from faultcases import one_thread  # noqa: F401  (autouse: one torch thread per test, restored)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tests/conftest.py: one torch thread per test, restored
 
 CASES: list[Case] = []
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest, torch, torch.nn as nn
 import core_models.versioning.checkpoint as ck
 from core_models.versioning.checkpoint import CheckpointManager, load_checkpoint, verify_checkpoint
-from faultcases import one_thread  # noqa: F401  (autouse: one torch thread per test, restored)
 
-pytestmark = pytest.mark.skipif(sys.platform != 'linux', reason='forked writers and SIGKILL (Linux)')
+pytestmark = [pytest.mark.skipif(sys.platform != 'linux', reason='forked writers and SIGKILL (Linux)'),
+              pytest.mark.usefixtures('one_thread')]  # tests/conftest.py: one torch thread per test, restored
 fork = multiprocessing.get_context('fork')
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest, torch, torch.nn as nn
 from core_models.versioning.checkpoint import (CheckpointManager, CheckpointWriteError, save_checkpoint, load_checkpoint,
                                                verify_checkpoint)
-from faultcases import one_thread  # noqa: F401  (autouse: one torch thread per test, restored)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tests/conftest.py: one torch thread per test, restored
 
 
 

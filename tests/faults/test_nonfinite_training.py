@@ -7,7 +7,7 @@ from core_models import create_model
 from core_models.data import DigitsDataset
 from core_models.training import Trainer, TrainConfig, Callback, NonFiniteError
 from core_models.versioning.checkpoint import load_checkpoint, nonfinite_tensors
-from faultcases import one_thread  # noqa: F401  (autouse: one torch thread per test, restored)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tests/conftest.py: one torch thread per test, restored
 
 
 

@@ -21,7 +21,7 @@ from core_models.blocks.conv import ConvBlock
 from core_models.versioning.checkpoint import CheckpointError, save_checkpoint, sha256_file
 from core_models.versioning.registry import (ModelRegistry, RegistryError, DamagedRecordError, RegistryWarning, allow_module,
                                              resolve_class, weights_bytes, sha256_bytes)
-from faultcases import one_thread  # noqa: F401  (autouse: one torch thread per test, restored)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tests/conftest.py: one torch thread per test, restored
 
 NAN, INF = float('nan'), float('inf')
 
