@@ -39,17 +39,22 @@ TRAINING_NBS := nbs/tutorials/ nbs/index.ipynb nbs/06_training.ipynb nbs/07_cli.
 FULL_SIZE_NBS := nbs/architectures/03_detection.ipynb nbs/architectures/04_segmentation.ipynb nbs/backbones/01_resnet.ipynb \
   nbs/backbones/02_vit.ipynb nbs/backbones/03_efficient.ipynb nbs/08a_export.ipynb
 
+# JOBS at a time, notebooks and then pytest's workers (pytest-xdist); a test module is one unit of work, given out in
+# the order tests/conftest.py sets (longest first). `make test JOBS=8` on a bigger machine.
+JOBS ?= 2
+PYTEST := $(BIN)/python -m pytest tests/ -q -n $(JOBS) --dist loadgroup --no-loadscope-reorder
+
 test: install chromium  ## the whole truth (CI): export, run every notebook with its `#| slow` cells, then all of pytest
 	$(BIN)/nbdev-export
-	@# one process per notebook, two at a time: a notebook starts from a fresh interpreter, as in a new kernel
-	@# (nbdev-test's own pool reuses worker processes, so a notebook could see the registrations of the previous one)
-	$(NOTEBOOKS) | xargs -P 2 -n 1 $(BIN)/nbdev-test --flags slow --do-print
-	$(BIN)/python -m pytest tests/ -q --durations=15
+	@# one fresh process per notebook (nbdev's test_nb in a child forked after torch is imported, tools/test_notebooks.py),
+	@# the training notebooks first: the long ones start early, the short ones fill the gaps at the end
+	$(PY) tools/test_notebooks.py --flags slow -j $(JOBS) $(TRAINING_NBS) nbs
+	$(PYTEST) --durations=15
 
 test-fast: install  ## the edit loop (~3 min): export, the notebooks that neither train nor prove full-size models (no `#| slow` cells), pytest -m "not slow"
 	$(BIN)/nbdev-export
-	$(NOTEBOOKS) | grep -v -F $(foreach n,$(TRAINING_NBS) $(FULL_SIZE_NBS),-e $(n)) | xargs -P 2 -n 1 $(BIN)/nbdev-test --do-print
-	$(BIN)/python -m pytest tests/ -q -m 'not slow' --durations=10
+	$(NOTEBOOKS) | grep -v -F $(foreach n,$(TRAINING_NBS) $(FULL_SIZE_NBS),-e $(n)) | xargs $(PY) tools/test_notebooks.py -j $(JOBS)
+	$(PYTEST) -m 'not slow' --durations=10
 
 # The browser test (tests/test_widgets_browser.py) drives Debian's chromium; Playwright's own download fails offline.
 chromium:  ## install Debian's chromium for the browser test when it is missing (apt-get, as root)

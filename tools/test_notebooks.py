@@ -1,0 +1,84 @@
+"""Run notebooks as `nbdev-test` does, each in a fresh process: `python tools/test_notebooks.py [--flags slow] [-j 2] PATH...`.
+
+`make test` and `make test-fast` use it. Each notebook runs through nbdev's own `test_nb` (the same cells, flags,
+directives, cell timeout and error report as `nbdev-test NB`), in a process of its own, so a notebook never sees the
+classes another registered; what this adds is the start of that process. `nbdev-test NB` starts an interpreter and
+imports torch, torchvision, IPython and matplotlib again for each of the 56 notebooks: 3-4 s of CPU each, about a
+fifth of the notebook phase (issue 18). Here one parent imports them once and *forks* a child per notebook: the child
+starts with those libraries loaded and nothing else (not core_models: a notebook imports its own module as a kernel
+does). Nothing has run in the parent, so the child's state is a fresh interpreter's; torch keeps no threads before
+its first operation, so forking after `import torch` is safe.
+
+PATHs (notebooks or folders) are run in the order given, each notebook once: `make test` names the notebooks that
+train first, so the long ones start early and the short ones fill the gaps at the end (two at a time, as before).
+Exit 1, with the failed notebooks named, when any fails.
+"""
+import argparse, multiprocessing, multiprocessing.connection, os, sys, time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def notebooks(paths:list[str]) -> list[Path]:
+    "The notebooks under `paths`, in the order given, each once (names starting with `_` and checkpoints left out)."
+    seen, out = set(), []
+    for p in map(Path, paths):
+        if not p.exists(): sys.exit(f'test_notebooks: {p} does not exist (expected a notebook or a folder of them)')
+        found = [p] if p.is_file() else sorted(f for f in p.rglob('*.ipynb') if '.ipynb_checkpoints' not in f.parts)
+        for f in found:
+            f = f.resolve()
+            if f.name.startswith('_') or f in seen: continue
+            seen.add(f); out.append(f)
+    return out
+
+
+def _run_one(nb:Path, skip_flags:list, force_flags:list, cell_timeout):
+    "In the forked child: nbdev's test_nb on one notebook; the exit status says whether it passed."
+    from nbdev.test import test_nb
+    from nbdev.config import get_config
+    ok, _ = test_nb(nb, skip_flags=skip_flags, force_flags=force_flags, do_print=True,
+                    basepath=get_config().config_path, cell_timeout=cell_timeout)
+    sys.stdout.flush(); sys.stderr.flush()
+    os._exit(0 if ok else 1)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('paths', nargs='+', help='notebooks or folders, run in this order')
+    ap.add_argument('--flags', default='', help="space separated test flags to run that are normally skipped (e.g. 'slow')")
+    ap.add_argument('-j', '--jobs', type=int, default=2, help='notebooks at a time (default 2)')
+    args = ap.parse_args(argv)
+
+    from nbdev.config import get_config
+    cfg = get_config()
+    skip_flags = cfg.tst_flags.split() if isinstance(cfg.tst_flags, str) else list(cfg.tst_flags or [])
+    force_flags, cell_timeout = args.flags.split(), (cfg.cell_timeout or None)
+    files = notebooks(args.paths)
+
+    # the libraries every notebook's process would import anyway (see the docstring); nothing is run
+    import torch, torchvision, matplotlib, numpy, PIL.Image, fastcore.test, nbdev.test, nbdev.showdoc, execnb.shell  # noqa: F401
+    fork = multiprocessing.get_context('fork')
+    pending, running, failed, times = list(files), {}, [], {}
+    start = time.time()
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            nb = pending.pop(0)
+            proc = fork.Process(target=_run_one, args=(nb, skip_flags, force_flags, cell_timeout), name=nb.name)
+            proc.start(); running[proc.sentinel] = (proc, nb, time.time())
+        ready = multiprocessing.connection.wait(list(running))
+        for s in ready:
+            proc, nb, t0 = running.pop(s)
+            proc.join(); times[nb] = time.time() - t0
+            if proc.exitcode: failed.append(nb)
+    rel = lambda f: os.path.relpath(f, Path.cwd())
+    print(f'{len(files)} notebooks in {time.time() - start:.0f} s, {args.jobs} at a time; slowest: ' +
+          ', '.join(f'{rel(f)} {t:.0f} s' for f, t in sorted(times.items(), key=lambda o: -o[1])[:5]))
+    if failed:
+        sys.stderr.write('\nThese notebooks failed:\n\t' + '\n\t'.join(map(rel, failed)) + '\n')
+        return 1
+    print('Success.')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
