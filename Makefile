@@ -42,7 +42,7 @@ FULL_SIZE_NBS := nbs/architectures/03_detection.ipynb nbs/architectures/04_segme
 # JOBS at a time, notebooks and then pytest's workers (pytest-xdist); a test module is one unit of work, given out in
 # the order tests/conftest.py sets (longest first). `make test JOBS=8` on a bigger machine.
 JOBS ?= 2
-PYTEST := $(BIN)/python -m pytest tests/ -q -n $(JOBS) --dist loadgroup --no-loadscope-reorder
+PYTEST := $(BIN)/python -m pytest tests/ -q -n $(JOBS) --dist loadfile --no-loadscope-reorder
 
 test: install chromium  ## the whole truth (CI): export, run every notebook with its `#| slow` cells, then all of pytest
 	$(BIN)/nbdev-export

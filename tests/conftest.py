@@ -22,17 +22,17 @@ def pytest_configure(config):
     config.addinivalue_line('markers', "slow: trains, drives a browser, runs pipelines or subprocesses (skipped by make test-fast)")
 
 
-# -- two workers (`make test`: pytest -n 2 --dist loadgroup --no-loadscope-reorder, pytest-xdist) -------------------
-# A test module is one unit of work, sent whole to one worker, so its module fixtures are built once; the modules
-# that share the README journey (readme_journey below) are one unit together, so the journey runs once. Units go out
-# in the order of UNITS_FIRST (CPU seconds measured under -n 2 in the comments, issue 18), longest first, then the
-# rest in collection order: the short ones fill the gaps at the end. Without -n the same order runs in one process.
-README_JOURNEY_MODULES = {'test_readme.py', 'test_pipeline.py', 'test_predict.py'}
+# -- two workers (`make test`: pytest -n 2 --dist loadfile --no-loadscope-reorder, pytest-xdist) --------------------
+# A test module is one unit of work, sent whole to one worker, so its module fixtures are built once. Units go out in
+# the order of UNITS_FIRST (the longest, measured, issue 18), then the rest in collection order: the short ones fill
+# the gaps at the end. xdist starts each worker with two units (1st and 3rd, 2nd and 4th): the README journey's
+# modules are 2nd and 4th, so one worker builds the session's journey for both; test_predict, the third, may build it
+# on the other worker once more. Without -n the same order runs in one process.
 UNITS_FIRST = [
-    'readme_journey',           # ~150 s: the README's commands once, then the release, checkout and predict tests
-    'test_widgets_browser.py',  # ~110 s: JupyterLab and Chromium, the builder notebook in a real kernel
-    'test_own_data_pipeline.py', 'test_checkpoint.py', 'test_timm_backbones.py', 'test_registry.py',
-    'test_own_data.py', 'test_export.py', 'test_finetune.py', 'test_seed_examples.py', 'test_docs.py',
+    'test_widgets_browser.py',  # JupyterLab and Chromium, the widget notebooks in real kernels
+    'test_pipeline.py',         # the README journey (readme_journey), then releases, checkouts, an experiment
+    'test_own_data_pipeline.py', 'test_readme.py', 'test_predict.py', 'test_checkpoint.py', 'test_timm_backbones.py',
+    'test_registry.py', 'test_own_data.py', 'test_export.py', 'test_finetune.py', 'test_seed_examples.py', 'test_docs.py',
     'test_distributed.py', 'test_cli.py', 'test_registry_faults.py',
 ]
 # One OpenMP thread a worker: two workers fill the two cores; two threads each would spin against each other. Set
@@ -40,18 +40,11 @@ UNITS_FIRST = [
 if os.environ.get('PYTEST_XDIST_WORKER'): os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 
-def unit_of(item) -> str:
-    "The xdist work unit of a test: its module's file name, or 'readme_journey' for the modules that share the journey."
-    return 'readme_journey' if item.path.name in README_JOURNEY_MODULES else item.path.name
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name in SLOW_MODULES: item.add_marker(pytest.mark.slow)
-        item.add_marker(pytest.mark.xdist_group(unit_of(item)))
     first = {u: i for i, u in enumerate(UNITS_FIRST)}
-    items.sort(key=lambda item: first.get(unit_of(item), len(first)))  # stable: a module's tests keep their order
+    items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable: a module's tests keep their order
 
 
 @pytest.fixture
