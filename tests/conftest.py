@@ -1,4 +1,4 @@
-import contextlib, io, json, os, re, shutil, subprocess, sys, time
+import contextlib, fcntl, io, json, os, re, shutil, subprocess, sys, time
 from pathlib import Path
 from typing import NamedTuple
 import pytest
@@ -25,9 +25,8 @@ def pytest_configure(config):
 # -- two workers (`make test`: pytest -n 2 --dist loadfile --no-loadscope-reorder, pytest-xdist) --------------------
 # A test module is one unit of work, sent whole to one worker, so its module fixtures are built once. Units go out in
 # the order of UNITS_FIRST (the longest, measured, issue 18), then the rest in collection order: the short ones fill
-# the gaps at the end. xdist starts each worker with two units (1st and 3rd, 2nd and 4th): the README journey's
-# modules are 2nd and 4th, so one worker builds the session's journey for both; test_predict, the third, may build it
-# on the other worker once more. Without -n the same order runs in one process.
+# the gaps at the end. The README journey (readme_journey) is built once for both workers. Without -n the same order
+# runs in one process.
 UNITS_FIRST = [
     'test_widgets_browser.py',  # JupyterLab and Chromium, the widget notebooks in real kernels
     'test_pipeline.py',         # the README journey (readme_journey), then releases, checkouts, an experiment
@@ -155,8 +154,27 @@ class Journey(NamedTuple):
 
 @pytest.fixture(scope='session')
 def readme_journey(tmp_path_factory) -> Journey:
-    "The README's commands, run once in a fresh clone as a user types them: the clone, each line's snapshot and the output."
-    base = tmp_path_factory.mktemp('readme')
+    """The README's commands, run once in a fresh clone as a user types them: the clone, each line's snapshot and the
+    output. Once for the whole run: under pytest-xdist the first worker to ask runs them (the others wait on a lock)
+    into a folder the workers share, which nothing touches afterwards; each worker gets its own copy of that project
+    (`copy_project`), so no git or DVC command of one worker runs in a folder another one is copying."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get('PYTEST_XDIST_WORKER'): shared = shared.parent  # .../pytest-N, above popen-gw0, popen-gw1
+    with open(shared/'readme.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = shared/'readme'/'journey.json'
+        if done.exists():
+            j = json.loads(done.read_text())
+            built = Journey(Path(j['repo']), j['lines'], j['snaps'], j['out'])
+        else:
+            built = _run_readme(shared/'readme')
+            done.write_text(json.dumps(built._replace(repo=str(built.repo))._asdict()))
+        return built._replace(repo=copy_project(built, tmp_path_factory.mktemp('journey')))
+
+
+def _run_readme(base:Path) -> Journey:
+    "The README's lines in a fresh clone under `base` (emptied first: a failed earlier attempt may have left one)."
+    shutil.rmtree(base, ignore_errors=True); base.mkdir()
     repo = fresh_clone(base)
     lines = readme_lines()
     script = 'set -e -o pipefail\n' + SNAP + ''.join(f'{l}\n__snap {i}\n' for i, l in enumerate(lines))
