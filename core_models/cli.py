@@ -12,9 +12,10 @@ import yaml
 
 # %% auto #0
 __all__ = ['PIPELINE_DATA_KEYS', 'TASK_ARCHITECTURES', 'PipelineError', 'load_params', 'section', 'data_spec', 'prepare',
-           'model_from_params', 'datasets_from_params', 'model_for_data', 'train', 'lr_find', 'load_model',
-           'plot_losses', 'evaluate', 'run_summary', 'format_table', 'find_artifact', 'check_releasable', 'dvc_project',
-           'release', 'raised_by_the_kit', 'error_message', 'main', 'predict', 'export', 'predict_or_export']
+           'model_from_params', 'datasets_from_params', 'model_for_data', 'seed_from_config', 'train', 'lr_find',
+           'load_model', 'plot_losses', 'evaluate', 'run_summary', 'format_table', 'find_artifact', 'check_releasable',
+           'dvc_project', 'release', 'raised_by_the_kit', 'error_message', 'main', 'predict', 'export',
+           'predict_or_export']
 
 # %% ../nbs/07_cli.ipynb #447e61c1
 class PipelineError(RuntimeError):
@@ -122,16 +123,22 @@ def model_for_data(params:dict, train_ds, root:str|Path='.'):
         m['backbone'] = {**b, 'weights': str(Path(root)/b['weights'])}
     return model_from_params({**params, 'model': m})
 
+def seed_from_config(cfg):
+    "Seed python, numpy and torch with the `train:` section's `seed` (nothing when it is null)."
+    from core_models.settings import seed_everything
+    if cfg.seed is not None: seed_everything(cfg.seed, deterministic=cfg.deterministic)
+
 def train(params:dict, out:str|Path='models/digits-cnn', live:str|Path|None='dvclive/train', root:str|Path='.') -> dict:
     "Train the `model:` on the `data:` with the `train:` settings; save the checkpoint to `out`. Returns the last epoch's row."
     from core_models.training import Trainer, TrainConfig
     from core_models.versioning.checkpoint import save_checkpoint
     from core_models.data import show_augmented
     root = Path(root)
-    train_ds, val_ds = datasets_from_params(params, root)
-    model = model_for_data(params, train_ds, root)
     live_dir = None if live is None else root/live
     cfg = TrainConfig.resolve(section(params, 'train'), live_dir=live_dir, checkpoint_dir=None)
+    train_ds, val_ds = datasets_from_params(params, root)
+    seed_from_config(cfg)  # before the model is built: its initial weights come from the seed, not from the clock
+    model = model_for_data(params, train_ds, root)
     trainer = Trainer(model, train_ds, val_ds, cfg)
     history = trainer.fit()
     if live is not None and getattr(getattr(train_ds, 'dataset', train_ds), 'transform', None) is not None:  # what augmentation did
@@ -148,9 +155,11 @@ def lr_find(params:dict, out:str|Path|None='eval/plots/lr_find.png', root:str|Pa
     "The LR range test of the `model:` on the `data:`'s training split with the `train:` settings; its plot written to `out`."
     from core_models.training import TrainConfig, lr_find as range_test
     root = Path(root)
+    cfg = TrainConfig.resolve(section(params, 'train'))
     (train_ds,) = datasets_from_params(params, root, splits=('train',))
-    model = model_for_data(params, train_ds, root)  # the model train would build
-    found = range_test(model, train_ds, start_lr, end_lr, num_it, config=TrainConfig.resolve(section(params, 'train')))
+    seed_from_config(cfg)
+    model = model_for_data(params, train_ds, root)  # the model train would build, from the same initial weights
+    found = range_test(model, train_ds, start_lr, end_lr, num_it, config=cfg)
     if out is not None:
         (root/out).parent.mkdir(parents=True, exist_ok=True)
         found.plot().savefig(root/out, dpi=100)
