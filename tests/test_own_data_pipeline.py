@@ -90,8 +90,11 @@ FORMATS = {  # format: (writer, the params that differ from the template's, the 
     'coco': (coco_splits, {'data': {'size': 48, 'augment': {'hflip': 0.5}}, 'model': {'backbone': 'resnet18', 'fpn_channels': 32, 'num_convs': 1},
                            'train': {'epochs': 8, 'batch_size': 8, 'lr': 0.003}}, 'map', 0.0),
     'masks': (mask_folders, {'data': {'size': 32, 'augment': {'hflip': 0.5, 'vflip': 0.5}}, 'model': {'backbone': SMALL_CNN, 'channels': 16, 'dice_weight': 0.5},
-                             'train': {'epochs': 40, 'batch_size': 8, 'lr': 0.02}}, 'miou', None),
+                             'train': {'epochs': 80, 'batch_size': 8, 'lr': 0.02}}, 'miou', None),
 }
+# Margins hold for any training seed, not one lucky one: the masks model sits on a plateau (squares found, colours
+# not yet told apart, mIoU ~0.4) until some epoch between 15 and 40, so 40 epochs missed the margin for 1 seed in 6;
+# with 80, train.seed 0-5 in fp32 and bf16 all reached test mIoU 0.94-0.96 (all-background 0.29).
 CHANGED = {'imagefolder': 'my-data/red/0.jpg', 'coco': 'my-data/images/train_000.jpg', 'masks': 'my-data/images/00.png'}
 
 
