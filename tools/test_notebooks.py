@@ -11,7 +11,8 @@ its first operation, so forking after `import torch` is safe.
 
 PATHs (notebooks or folders) are run in the order given, each notebook once: `make test` names the notebooks that
 train first, so the long ones start early and the short ones fill the gaps at the end (two at a time, as before).
-Exit 1, with the failed notebooks named, when any fails.
+Each child runs torch on its share of the cores (cores / JOBS, or OMP_NUM_THREADS when it is set), as do the
+processes a notebook starts. Exit 1, with the failed notebooks named, when any fails.
 """
 import argparse, multiprocessing, multiprocessing.connection, os, sys, time
 from pathlib import Path
@@ -32,8 +33,11 @@ def notebooks(paths:list[str]) -> list[Path]:
     return out
 
 
-def _run_one(nb:Path, skip_flags:list, force_flags:list, cell_timeout):
-    "In the forked child: nbdev's test_nb on one notebook; the exit status says whether it passed."
+def _run_one(nb:Path, skip_flags:list, force_flags:list, cell_timeout, threads:int):
+    "In the forked child: nbdev's test_nb on one notebook, on `threads` torch threads; the exit status says whether it passed."
+    import torch
+    torch.set_num_threads(threads)  # the child's share of the cores (the parent's OpenMP read the environment already)
+    os.environ['OMP_NUM_THREADS'] = str(threads)  # and the processes a notebook starts (a pipeline, a CLI) inherit it
     from nbdev.test import test_nb
     from nbdev.config import get_config
     ok, _ = test_nb(nb, skip_flags=skip_flags, force_flags=force_flags, do_print=True,
@@ -57,13 +61,16 @@ def main(argv=None):
 
     # the libraries every notebook's process would import anyway (see the docstring); nothing is run
     import torch, torchvision, matplotlib, numpy, PIL.Image, fastcore.test, nbdev.test, nbdev.showdoc, execnb.shell  # noqa: F401
+    # each notebook gets its share of the cores (OMP_NUM_THREADS, when set, wins): two notebooks of two threads each
+    # on two cores would have OpenMP's waiting threads spin against each other
+    threads = int(os.environ.get('OMP_NUM_THREADS') or max(1, len(os.sched_getaffinity(0)) // args.jobs))
     fork = multiprocessing.get_context('fork')
     pending, running, failed, times = list(files), {}, [], {}
     start = time.time()
     while pending or running:
         while pending and len(running) < args.jobs:
             nb = pending.pop(0)
-            proc = fork.Process(target=_run_one, args=(nb, skip_flags, force_flags, cell_timeout), name=nb.name)
+            proc = fork.Process(target=_run_one, args=(nb, skip_flags, force_flags, cell_timeout, threads), name=nb.name)
             proc.start(); running[proc.sentinel] = (proc, nb, time.time())
         ready = multiprocessing.connection.wait(list(running))
         for s in ready:
