@@ -695,7 +695,9 @@ def _commit(self:ModelRegistry, files:list[Path], message:str) -> str|None:
     self._git('add', '--', *paths)
     changed = self._git('diff', '--cached', '--name-only', '--', *paths).split()
     if not changed: return None
-    self._git('commit', '-q', '--only', '-m', message, '--', *paths)
+    # maintenance.auto=false: git commit would start `git maintenance run --auto` (gc) inside the registry's lock; a kill
+    # then could leave .git/objects/maintenance.lock behind. The user's own commits still maintain the repository.
+    self._git('-c', 'maintenance.auto=false', 'commit', '-q', '--only', '-m', message, '--', *paths)
     sha = self._git('rev-parse', '--short', 'HEAD').strip()
     print(f"registry: git commit {sha} {message!r}: {', '.join(changed)}")
     return sha

@@ -61,10 +61,8 @@ def git_repo(d:Path) -> Path:
     d.mkdir(parents=True)
     sh('git', 'init', '-q', '-b', 'main', cwd=d)
     sh('git', 'config', 'user.email', 'test@example.com', cwd=d); sh('git', 'config', 'user.name', 'Test', cwd=d)
-    # no `git maintenance run --auto` after each commit (git commit runs it, gc.auto=0 or not): a kill landing while it holds
-    # .git/objects/maintenance.lock leaves that lock, which no git command of the registry takes or clears (seen once in
-    # 21 kills on a loaded machine); the locks this test judges are those of the registry's own git commands
-    sh('git', 'config', 'gc.auto', '0', cwd=d); sh('git', 'config', 'maintenance.auto', 'false', cwd=d)
+    # git's defaults otherwise, automatic maintenance on: the registry's commits turn it off themselves (a kill inside
+    # `git maintenance run --auto` left .git/objects/maintenance.lock, once in 21 kills, when they did not)
     (d/'README.md').write_text('# project\n'); sh('git', 'add', 'README.md', cwd=d); sh('git', 'commit', '-qm', 'init', cwd=d)
     return d
 
