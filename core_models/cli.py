@@ -12,10 +12,9 @@ import yaml
 
 # %% auto #0
 __all__ = ['PIPELINE_DATA_KEYS', 'TASK_ARCHITECTURES', 'PipelineError', 'load_params', 'section', 'data_spec', 'prepare',
-           'model_from_params', 'datasets_from_params', 'model_for_data', 'seed_from_config', 'train', 'lr_find',
-           'load_model', 'plot_losses', 'evaluate', 'run_summary', 'format_table', 'find_artifact', 'check_releasable',
-           'dvc_project', 'release', 'raised_by_the_kit', 'error_message', 'main', 'predict', 'export',
-           'predict_or_export']
+           'model_from_params', 'datasets_from_params', 'model_for_data', 'train', 'lr_find', 'load_model',
+           'plot_losses', 'evaluate', 'run_summary', 'format_table', 'find_artifact', 'check_releasable', 'dvc_project',
+           'release', 'raised_by_the_kit', 'error_message', 'main', 'predict', 'export', 'predict_or_export']
 
 # %% ../nbs/07_cli.ipynb #447e61c1
 class PipelineError(RuntimeError):
@@ -123,11 +122,6 @@ def model_for_data(params:dict, train_ds, root:str|Path='.'):
         m['backbone'] = {**b, 'weights': str(Path(root)/b['weights'])}
     return model_from_params({**params, 'model': m})
 
-def seed_from_config(cfg):
-    "Seed python, numpy and torch with the `train:` section's `seed` (nothing when it is null)."
-    from core_models.settings import seed_everything
-    if cfg.seed is not None: seed_everything(cfg.seed, deterministic=cfg.deterministic)
-
 def train(params:dict, out:str|Path='models/digits-cnn', live:str|Path|None='dvclive/train', root:str|Path='.') -> dict:
     "Train the `model:` on the `data:` with the `train:` settings; save the checkpoint to `out`. Returns the last epoch's row."
     from core_models.training import Trainer, TrainConfig
@@ -137,7 +131,7 @@ def train(params:dict, out:str|Path='models/digits-cnn', live:str|Path|None='dvc
     live_dir = None if live is None else root/live
     cfg = TrainConfig.resolve(section(params, 'train'), live_dir=live_dir, checkpoint_dir=None)
     train_ds, val_ds = datasets_from_params(params, root)
-    seed_from_config(cfg)  # before the model is built: its initial weights come from the seed, not from the clock
+    cfg.apply_seed()  # before the model is built: its initial weights come from the seed, not from the clock
     model = model_for_data(params, train_ds, root)
     trainer = Trainer(model, train_ds, val_ds, cfg)
     history = trainer.fit()
@@ -157,7 +151,7 @@ def lr_find(params:dict, out:str|Path|None='eval/plots/lr_find.png', root:str|Pa
     root = Path(root)
     cfg = TrainConfig.resolve(section(params, 'train'))
     (train_ds,) = datasets_from_params(params, root, splits=('train',))
-    seed_from_config(cfg)
+    cfg.apply_seed()
     model = model_for_data(params, train_ds, root)  # the model train would build, from the same initial weights
     found = range_test(model, train_ds, start_lr, end_lr, num_it, config=cfg)
     if out is not None:

@@ -72,6 +72,9 @@ class TrainConfig(ComponentConfig):
         if self.freeze_epochs > self.epochs:
             raise self.error('freeze_epochs', f'at most epochs ({self.epochs}): the frozen epochs are the first of them')
 
+    def apply_seed(self):
+        "Seed python, numpy and torch with `seed` (deterministic kernels if `deterministic`); nothing when `seed` is None."
+        if self.seed is not None: seed_everything(self.seed, deterministic=self.deterministic)
     def error(self, *args, **kwargs) -> ConfigError: return super().error(*args, **kwargs).for_component('TrainConfig')
     def _repr_markdown_(self): return super()._repr_markdown_().replace('**Train**', '**TrainConfig**', 1)
 
@@ -656,7 +659,7 @@ def _close_live(self:Trainer):
 def fit(self:Trainer) -> History:
     "Train for `config.epochs` (resuming when possible); returns the history, one dict per epoch."
     c = self.config
-    if c.seed is not None: seed_everything(c.seed, deterministic=c.deterministic)
+    c.apply_seed()
     self.stop_training = False
     start = self.resume()
     self.epoch = start
@@ -772,7 +775,7 @@ def lr_find(model:nn.Module, dataset:Dataset, start_lr:float=1e-7, end_lr:float=
     device, saved = _model_device(model), {k: v.detach().clone() for k, v in model.state_dict().items()}
     grads, was_training = {n: p.requires_grad for n, p in model.named_parameters()}, model.training
     with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
-        if c.seed is not None: seed_everything(c.seed, deterministic=c.deterministic)
+        c.apply_seed()
         t = Trainer(model, dataset, config=c)
         ratio = (end_lr / start_lr) ** (1 / (num_it - 1))
         t.scheduler = torch.optim.lr_scheduler.LambdaLR(t.optimizer, lambda i: start_lr / c.lr * ratio ** i)  # every group keeps its ratio to lr
