@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch, torch.nn as nn
 from safetensors import SafetensorError
-from safetensors.torch import save_file as _st_save_file, load as _st_load
+from safetensors.torch import save as _st_save, load as _st_load
 import core_models
 from ..settings import get_settings
 
@@ -231,6 +231,17 @@ def _weights_to_save(model:nn.Module) -> tuple[dict, dict]:
         for k in removed: del sd[k]
     return {k: v.detach().cpu().contiguous() for k, v in sd.items()}, {k: v for k, v in tied.items() if v}
 
+def _save_safetensors(tensors:dict, path:Path, metadata:dict[str, str]):
+    "Write `tensors` to `path` as safetensors' `save` lays them out, its header's metadata in sorted order: the same tensors and metadata, the same bytes."
+    raw = memoryview(_st_save(tensors, metadata=metadata))
+    n = int.from_bytes(raw[:8], 'little')
+    header = json.loads(bytes(raw[8:8 + n]))
+    header['__metadata__'] = dict(sorted(header['__metadata__'].items()))
+    head = json.dumps(header, separators=(',', ':'), ensure_ascii=False).encode()
+    head += b' ' * (-len(head) % 8)  # spaces, as safetensors pads it: the tensors start 8-byte aligned
+    with open(path, 'wb') as f:
+        f.write(len(head).to_bytes(8, 'little')); f.write(head); f.write(raw[8 + n:])
+
 def _versions() -> dict:
     v = {'python': platform.python_version(), 'torch': torch.__version__, 'numpy': np.__version__,
          'core_models': getattr(core_models, '__version__', None)}
@@ -300,7 +311,7 @@ def save_checkpoint(model:nn.Module, optimizer:torch.optim.Optimizer|None=None, 
             'usage': to_jsonable(usage, 'usage') if usage is not None else None}
     def write(d:Path):
         with _writing(d/WEIGHTS_NAME, path):
-            _st_save_file(weights, d/WEIGHTS_NAME, metadata={'format': 'pt', KEYS_METADATA: json.dumps(list(weights))})
+            _save_safetensors(weights, d/WEIGHTS_NAME, metadata={'format': 'pt', KEYS_METADATA: json.dumps(list(weights))})
         with _writing(d/STATE_NAME, path), open(d/STATE_NAME, 'wb') as f: torch.save(state, f)
         meta['files'] = {}
         for name in (WEIGHTS_NAME, STATE_NAME):
