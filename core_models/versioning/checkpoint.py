@@ -91,18 +91,16 @@ class CheckpointWriteError(OSError):
     "A checkpoint could not be written (disk full, over quota, read-only, no permission); names the file. What was at the path before is intact."
     def __str__(self): return self.strerror or super().__str__()  # the message, which names the file already
 
-_OS_ERROR = re.compile(r'os error (\d+)')
 _WRITE_HINTS = {errno.ENOSPC: 'free some space or save to another disk', errno.EDQUOT: 'free some of your quota or save elsewhere',
                 errno.EROFS: 'the file system is read-only; save elsewhere', errno.EACCES: 'no permission to write there; save elsewhere',
                 errno.EFBIG: 'the file is larger than this process or file system allows'}
 
 def _errno_of(e:BaseException) -> int|None:
-    "The OS error number behind `e`: its own, one in its message (safetensors: 'os error 28'), or its cause's (torch.save)."
+    "The OS error number behind `e`: its own or its cause's (torch.save)."
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         if isinstance(getattr(e, 'errno', None), int): return e.errno
-        if m := _OS_ERROR.search(str(e)): return int(m[1])
         e = e.__cause__ or e.__context__
     return None
 
