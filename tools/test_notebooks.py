@@ -7,14 +7,17 @@ imports torch, torchvision, IPython and matplotlib again for each of the 56 note
 fifth of the notebook phase (issue 18). Here one parent imports them once and *forks* a child per notebook: the child
 starts with those libraries loaded and nothing else (not core_models: a notebook imports its own module as a kernel
 does). Nothing has run in the parent, so the child's state is a fresh interpreter's; torch keeps no threads before
-its first operation, so forking after `import torch` is safe.
+its first operation, so forking after `import torch` is safe. Beside those, the two that many notebooks import and
+that cost most (measured in a child, issue 18): matplotlib.pyplot (0.5 s of CPU, every notebook that plots) and
+scikit-learn's datasets (2 s, the 16 notebooks that load digits); at fork neither has started a thread or a pool.
 
 PATHs (notebooks or folders) are run in the order given, each notebook once: `make test` names the notebooks that
 train first, so the long ones start early and the short ones fill the gaps at the end (two at a time, as before).
 Each child runs torch on its share of the cores (cores / JOBS, or OMP_NUM_THREADS when it is set), as do the
-processes a notebook starts. Exit 1, with the failed notebooks named, when any fails.
+processes a notebook starts. At the end it prints the wall and CPU seconds of the slowest notebooks (CPU with the
+processes a notebook started). Exit 1, with the failed notebooks named, when any fails.
 """
-import argparse, multiprocessing, multiprocessing.connection, os, sys, time
+import argparse, multiprocessing, multiprocessing.connection, os, resource, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,8 +36,15 @@ def notebooks(paths:list[str]) -> list[Path]:
     return out
 
 
-def _run_one(nb:Path, skip_flags:list, force_flags:list, cell_timeout, threads:int):
-    "In the forked child: nbdev's test_nb on one notebook, on `threads` torch threads; the exit status says whether it passed."
+def _cpu_seconds() -> float:
+    "CPU seconds (user + system) of this process and of the children it has waited for."
+    return sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
+
+
+def _run_one(nb:Path, skip_flags:list, force_flags:list, cell_timeout, threads:int, report):
+    """In the forked child: nbdev's test_nb on one notebook, on `threads` torch threads; the exit status says whether it
+    passed, `report` (a pipe's end) gets the CPU seconds it took, with the processes it started (a kernel, a pipeline)."""
+    cpu0 = _cpu_seconds()  # the fork inherits the parent's counts
     import torch
     torch.set_num_threads(threads)  # the child's share of the cores (the parent's OpenMP read the environment already)
     os.environ['OMP_NUM_THREADS'] = str(threads)  # and the processes a notebook starts (a pipeline, a CLI) inherit it
@@ -42,6 +52,7 @@ def _run_one(nb:Path, skip_flags:list, force_flags:list, cell_timeout, threads:i
     from nbdev.config import get_config
     ok, _ = test_nb(nb, skip_flags=skip_flags, force_flags=force_flags, do_print=True,
                     basepath=get_config().config_path, cell_timeout=cell_timeout)
+    report.send(_cpu_seconds() - cpu0)
     sys.stdout.flush(); sys.stderr.flush()
     os._exit(0 if ok else 1)
 
@@ -61,25 +72,30 @@ def main(argv=None):
 
     # the libraries every notebook's process would import anyway (see the docstring); nothing is run
     import torch, torchvision, matplotlib, numpy, PIL.Image, fastcore.test, nbdev.test, nbdev.showdoc, execnb.shell  # noqa: F401
+    import matplotlib.pyplot, sklearn.datasets  # noqa: F401
     # each notebook gets its share of the cores (OMP_NUM_THREADS, when set, wins): two notebooks of two threads each
     # on two cores would have OpenMP's waiting threads spin against each other
     threads = int(os.environ.get('OMP_NUM_THREADS') or max(1, len(os.sched_getaffinity(0)) // args.jobs))
     fork = multiprocessing.get_context('fork')
-    pending, running, failed, times = list(files), {}, [], {}
+    pending, running, failed, times, cpu = list(files), {}, [], {}, {}
     start = time.time()
     while pending or running:
         while pending and len(running) < args.jobs:
             nb = pending.pop(0)
-            proc = fork.Process(target=_run_one, args=(nb, skip_flags, force_flags, cell_timeout, threads), name=nb.name)
-            proc.start(); running[proc.sentinel] = (proc, nb, time.time())
+            recv, send = fork.Pipe(duplex=False)
+            proc = fork.Process(target=_run_one, args=(nb, skip_flags, force_flags, cell_timeout, threads, send), name=nb.name)
+            proc.start(); send.close(); running[proc.sentinel] = (proc, nb, time.time(), recv)
         ready = multiprocessing.connection.wait(list(running))
         for s in ready:
-            proc, nb, t0 = running.pop(s)
+            proc, nb, t0, recv = running.pop(s)
             proc.join(); times[nb] = time.time() - t0
+            if recv.poll(): cpu[nb] = recv.recv()
+            recv.close()
             if proc.exitcode: failed.append(nb)
     rel = lambda f: os.path.relpath(f, Path.cwd())
-    print(f'{len(files)} notebooks in {time.time() - start:.0f} s, {args.jobs} at a time; slowest: ' +
-          ', '.join(f'{rel(f)} {t:.0f} s' for f, t in sorted(times.items(), key=lambda o: -o[1])[:5]))
+    print(f'{len(files)} notebooks in {time.time() - start:.0f} s, {args.jobs} at a time, {sum(cpu.values()):.0f} s of CPU; '
+          'slowest (wall / CPU s): ' + ', '.join(f'{rel(f)} {t:.0f} / {cpu.get(f, 0):.0f}'
+                                                 for f, t in sorted(times.items(), key=lambda o: -o[1])[:10]))
     if failed:
         sys.stderr.write('\nThese notebooks failed:\n\t' + '\n\t'.join(map(rel, failed)) + '\n')
         return 1
