@@ -29,31 +29,18 @@ export: install  ## regenerate core_models/ from the notebooks
 clean-nbs: install  ## strip metadata noise (execution counts, kernel info) from the notebooks
 	$(BIN)/nbdev-clean
 
-NOTEBOOKS = find nbs -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' -not -name '_*' | sort
-# The notebooks whose lessons train a model (or run the pipeline): `make test` runs them, `make test-fast` skips them.
-TRAINING_NBS := nbs/tutorials/ nbs/index.ipynb nbs/06_training.ipynb nbs/07_cli.ipynb nbs/08_inference.ipynb \
-  nbs/architectures/05_multilabel.ipynb nbs/backbones/04_timm.ipynb nbs/widgets/01_features.ipynb nbs/widgets/02_monitor.ipynb
-# The notebooks that train nothing but prove full-size models against torchvision / onnxruntime (ResNet-50, ViT-B/16,
-# EfficientNet; FCOS and FPN heads on them; ONNX export): 20-40 s of CPU each, 161 s of the 449 s that the other
-# notebooks take together (measured, issue 18). `make test` runs them; `make test-fast` skips them to stay near 3 min.
-FULL_SIZE_NBS := nbs/architectures/03_detection.ipynb nbs/architectures/04_segmentation.ipynb nbs/backbones/01_resnet.ipynb \
-  nbs/backbones/02_vit.ipynb nbs/backbones/03_efficient.ipynb nbs/08a_export.ipynb
-
-# JOBS at a time, notebooks and then pytest's workers (pytest-xdist); a test module is one unit of work, given out in
-# the order tests/conftest.py sets (longest first). `make test JOBS=8` on a bigger machine.
+# JOBS at a time, pytest's workers (pytest-xdist): a unit of work is a test module, or one notebook of
+# tests/test_notebooks.py (each runs as nbdev-test runs it, in a fresh process); units go out in the order
+# tests/conftest.py sets (longest first). `make test JOBS=8` on a bigger machine.
 JOBS ?= 2
 PYTEST := $(BIN)/python -m pytest tests/ -q -n $(JOBS) --dist loadfile --no-loadscope-reorder
 
-test: install chromium  ## the whole truth (CI): export, run every notebook with its `#| slow` cells, then all of pytest
+test: install chromium  ## the whole truth (CI): export, then pytest: every notebook (with its `#| slow` cells) and every test
 	$(BIN)/nbdev-export
-	@# one fresh process per notebook (nbdev's test_nb in a child forked after torch is imported, tools/test_notebooks.py),
-	@# the training notebooks first: the long ones start early, the short ones fill the gaps at the end
-	$(PY) tools/test_notebooks.py --flags slow -j $(JOBS) $(TRAINING_NBS) nbs
 	$(PYTEST) --durations=15
 
-test-fast: install  ## the edit loop (~3 min): export, the notebooks that neither train nor prove full-size models (no `#| slow` cells), pytest -m "not slow"
+test-fast: install  ## the edit loop (~3 min): export, pytest -m "not slow": the notebooks that neither train nor prove full-size models, the quick tests
 	$(BIN)/nbdev-export
-	$(NOTEBOOKS) | grep -v -F $(foreach n,$(TRAINING_NBS) $(FULL_SIZE_NBS),-e $(n)) | xargs $(PY) tools/test_notebooks.py -j $(JOBS)
 	$(PYTEST) -m 'not slow' --durations=10
 
 # The browser test (tests/test_widgets_browser.py) drives Debian's chromium; Playwright's own download fails offline.

@@ -1,4 +1,4 @@
-import contextlib, fcntl, io, json, os, re, shutil, subprocess, sys, time
+import contextlib, fcntl, importlib.util, io, json, os, re, shutil, subprocess, sys, time
 from pathlib import Path
 from typing import NamedTuple
 import pytest
@@ -23,27 +23,76 @@ def pytest_configure(config):
 
 
 # -- two workers (`make test`: pytest -n 2 --dist loadfile --no-loadscope-reorder, pytest-xdist) --------------------
-# A test module is one unit of work, sent whole to one worker, so its module fixtures are built once. Units go out in
-# the order of UNITS_FIRST (the longest, measured, issue 18), then the rest in collection order: the short ones fill
-# the gaps at the end. The README journey (readme_journey) is built once for both workers. Without -n the same order
-# runs in one process.
-UNITS_FIRST = [
-    'test_widgets_browser.py',  # JupyterLab and Chromium, the widget notebooks in real kernels
-    'test_pipeline.py',         # the README journey (readme_journey), then releases, checkouts, an experiment
-    'test_own_data_pipeline.py', 'test_readme.py', 'test_predict.py', 'test_checkpoint.py', 'test_timm_backbones.py',
-    'test_registry.py', 'test_own_data.py', 'test_export.py', 'test_finetune.py', 'test_seed_examples.py', 'test_docs.py',
-    'test_distributed.py', 'test_cli.py', 'test_registry_faults.py',
+# A unit of work goes whole to one worker: a test module (so its module fixtures are built once), or one notebook of
+# tests/test_notebooks.py (UnitScheduling below). Units go out in the order of UNITS_FIRST (the longest, measured CPU
+# seconds, issue 18), then the rest in collection order: the short ones fill the gaps at the end, and the notebooks and
+# the test modules share one tail. The README journey (readme_journey) is built once for both workers. Without -n the
+# same order runs in one process.
+UNITS_FIRST = [  # the CPU seconds of each, measured in one run of the whole suite on 2 cores (issue 18)
+    'test_widgets_browser.py',          # 164: JupyterLab and Chromium, the widget notebooks in real kernels
+    'test_pipeline.py',                 # 138: builds the README journey (readme_journey), then releases, checkouts
+    'tutorials/06_versioning.ipynb',    # 146: dvc repro, two experiments, two releases
+    'tutorials/09_own_images.ipynb',    # 126: two pipelines and a detector on photographs
+    'tutorials/05_segmentation.ipynb',  # 116: an FPN model and two DeepLabs trained
+    'tutorials/04_detection.ipynb',     # 111: an FCOS detector trained
+    'test_own_data_pipeline.py', 'test_checkpoint.py', 'test_registry.py', 'tutorials/10_predict.ipynb',  # 110, 83, 69, 63
+    'test_timm_backbones.py', 'architectures/05_multilabel.ipynb', 'test_distributed.py', 'test_cli.py',  # 62, 56, 52, 48
+    'test_finetune.py', 'test_export.py', 'test_own_data.py', 'test_docs.py', 'test_seed_examples.py',    # 45 to 37
+    'test_tracing.py', 'test_imports.py', 'test_readme.py', 'test_gpu_check.py', 'tutorials/08_scaling_out.ipynb',  # 35 to 30
+    'tutorials/07_performance.ipynb', 'test_registry_faults.py', '07_cli.ipynb', 'versioning/00_checkpoint.ipynb',  # 29 to 24
+    'tutorials/00_tour.ipynb', 'test_backbones_efficient.py', 'tutorials/02_vit_from_patches.ipynb',                # 23 to 21
+    'tutorials/03_features_gradcam.ipynb', '06_training.ipynb', 'test_predict.py', '08a_export.ipynb',             # 18 to 16
+    'tutorials/01_cnn_from_blocks.ipynb', 'test_backbones_resnet.py', 'backbones/02_vit.ipynb', 'test_usage_recorded.py',  # 15 to 13
 ]
 # One OpenMP thread a worker: two workers fill the two cores; two threads each would spin against each other. Set
 # before torch is imported (libgomp reads it once); the subprocesses a test starts inherit it.
 if os.environ.get('PYTEST_XDIST_WORKER'): os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 
+def unit_of(item) -> str:
+    "The unit of work `item` belongs to: its notebook (tests/test_notebooks.py::test_notebook), else its test module."
+    if item.path.name == 'test_notebooks.py' and item.originalname == 'test_notebook': return item.callspec.params['nb']
+    return item.path.name
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name in SLOW_MODULES: item.add_marker(pytest.mark.slow)
     first = {u: i for i, u in enumerate(UNITS_FIRST)}
-    items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable: a module's tests keep their order
+    items.sort(key=lambda item: first.get(unit_of(item), len(first)))  # stable: a module's tests keep their order
+
+
+def pytest_xdist_make_scheduler(config, log):
+    "`--dist loadfile`, with each notebook of tests/test_notebooks.py a unit of its own (xdist's own loadgroup does not"
+    " group under pytest 9, which no longer reads the node id xdist rewrites)."
+    if config.getoption('dist') != 'loadfile': return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class UnitScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid:str) -> str:
+            return nodeid if '/test_notebooks.py::test_notebook[' in f'/{nodeid}' else super()._split_scope(nodeid)
+    return UnitScheduling(config, log)
+
+
+def pytest_terminal_summary(terminalreporter):
+    "The notebooks' CPU seconds (with the processes each started; tests/notebook_runner.py), the largest first."
+    cpu = {r.nodeid.split('[', 1)[1].rstrip(']'): dict(r.user_properties)['cpu_seconds']
+           for r in terminalreporter.stats.get('passed', []) + terminalreporter.stats.get('failed', [])
+           if r.when == 'call' and 'cpu_seconds' in dict(r.user_properties)}
+    if cpu:
+        top = ', '.join(f'{nb} {s:.0f}' for nb, s in sorted(cpu.items(), key=lambda o: -(o[1] or 0))[:12])
+        terminalreporter.write_line(f'notebooks: {len(cpu)} run, {sum(s or 0 for s in cpu.values()):.0f} s of CPU; the largest: {top}')
+
+
+# -- the browser test (tests/test_widgets_browser.py) ----------------------------------------------------------------
+# Debian's chromium, driven by Playwright (shared/notes/browser-testing.md); without either the test skips, and
+# tests/test_notebooks.py runs the widget notebooks with nbdev instead.
+CHROMIUM = shutil.which('chromium') or ('/usr/bin/chromium' if Path('/usr/bin/chromium').exists() else None)
+BROWSER = CHROMIUM is not None and importlib.util.find_spec('playwright') is not None
+# the widget notebooks (under nbs/) and the browser test that runs each one
+WIDGET_NOTEBOOKS = {'widgets/00_builder.ipynb': 'test_builder_notebook', 'widgets/01_features.ipynb': 'test_features_notebook',
+                    'widgets/02_monitor.ipynb': 'test_monitor_notebook', 'widgets/03_registry.ipynb': 'test_registry_notebook',
+                    'widgets/04_predict.ipynb': 'test_predict_notebook'}
 
 
 @pytest.fixture

@@ -8,15 +8,16 @@ notebook has run, checks that no cell wrote an error or to stderr, then reads co
 explorer's predicted digit, the monitor's final validation accuracy and its Stop button, the registry
 browser's table and Load buttons) and clicks through the widget. Screenshots go to tests/artifacts/
 (git-ignored): `<notebook>_demo.png` is the widget as Run All left it, `<notebook>_after.png` after the clicks.
+This Run All is the widget notebooks' notebook test as well: tests/test_notebooks.py leaves them to it whenever it runs.
 See shared/notes/browser-testing.md for the pitfalls this handles."""
 import json, os, re, shutil, signal, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
+from conftest import CHROMIUM, WIDGET_NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT/'nbs'/'widgets'
 ARTIFACTS = ROOT/'tests'/'artifacts'
-CHROMIUM = shutil.which('chromium') or ('/usr/bin/chromium' if Path('/usr/bin/chromium').exists() else None)
 ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
         '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage']
 TOKEN = 'core-models-test'
@@ -86,8 +87,7 @@ _STATE = """() => {
     return prompts.length > 0 && prompts.every(t => /^\\[\\d+\\]:$/.test(t)) ? 'done' : '';
 }"""
 
-NOTEBOOKS = {'00_builder': 'test_builder_notebook', '01_features': 'test_features_notebook',
-             '02_monitor': 'test_monitor_notebook', '03_registry': 'test_registry_notebook', '04_predict': 'test_predict_notebook'}
+NOTEBOOKS = {Path(nb).stem: test for nb, test in WIDGET_NOTEBOOKS.items()}  # '00_builder': 'test_builder_notebook'
 
 def _open_and_run(chromium, lab:str, name:str):
     page = chromium.new_page(viewport={'width': 1400, 'height': 1400})
