@@ -39,7 +39,7 @@ test: install chromium  ## the whole truth (CI): export, then pytest: every note
 	$(BIN)/nbdev-export
 	$(PYTEST) --durations=15
 
-test-fast: install  ## the edit loop (~3 min): export, pytest -m "not slow": the notebooks that neither train nor prove full-size models, the quick tests
+test-fast: install  ## the edit loop (~3 min): export, pytest -m "not slow": the notebooks that train nothing, the quick test modules
 	$(BIN)/nbdev-export
 	$(PYTEST) -m 'not slow' --durations=10
 

@@ -4,9 +4,8 @@
 Each notebook is one test and its own unit of work (tests/conftest.py gives every other test module as one unit): the
 notebooks and the test modules share the workers, longest first, so `make test` has one tail, not one per phase (issue
 18). Each notebook runs in a fresh process that tests/notebook_runner.py forks (torch and the plotting libraries
-already imported, nothing else). `make test-fast` deselects the notebooks marked slow here (they train, or prove
-full-size models against torchvision and onnxruntime) and runs the rest whole; a `#| slow` cell belongs in a slow
-notebook (checked below). The widget notebooks are run by tests/test_widgets_browser.py, with Run All in JupyterLab,
+already imported, nothing else). `make test-fast` deselects the notebooks marked slow here (they train) and runs the
+rest whole; a `#| slow` cell belongs in a slow notebook (checked below). The widget notebooks are run by tests/test_widgets_browser.py, with Run All in JupyterLab,
 whenever it runs them: that run holds every cell this one would, so they are not run twice.
 """
 import json, re, subprocess, sys
@@ -15,13 +14,12 @@ import pytest
 from conftest import ROOT, BROWSER, WIDGET_NOTEBOOKS
 
 NBS = ROOT/'nbs'
-# The notebooks whose lessons train a model (or run the pipeline) and the ones that train nothing but prove
-# full-size models (ResNet-50, ViT-B/16, EfficientNet; FCOS and FPN heads on them; ONNX export), 20-40 s of CPU each:
-# `make test` runs them, `make test-fast` (-m 'not slow') skips them to stay near 3 minutes.
+# The notebooks whose lessons train a model (or run a pipeline, or a training widget): `make test` runs them, `make
+# test-fast` (-m 'not slow') skips them. The ones that train nothing but prove full-size models against torchvision and
+# onnxruntime (ResNet-50, ViT-B/16, EfficientNet, FCOS and FPN heads on them, ONNX export) stay in the quick tier: 3 to
+# 16 s each, 52 s together (their durations in a run of the whole suite, issue 18).
 SLOW = ['tutorials/', 'index.ipynb', '06_training.ipynb', '07_cli.ipynb', '08_inference.ipynb', 'architectures/05_multilabel.ipynb',
-        'backbones/04_timm.ipynb', 'widgets/01_features.ipynb', 'widgets/02_monitor.ipynb',
-        'architectures/03_detection.ipynb', 'architectures/04_segmentation.ipynb', 'backbones/01_resnet.ipynb',
-        'backbones/02_vit.ipynb', 'backbones/03_efficient.ipynb', '08a_export.ipynb']
+        'backbones/04_timm.ipynb', 'widgets/01_features.ipynb', 'widgets/02_monitor.ipynb']
 
 
 def notebooks() -> list[str]:
