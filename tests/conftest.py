@@ -7,6 +7,14 @@ pytest.register_assert_rewrite('fidelity')  # the shared fidelity checks report 
 
 ROOT = Path(__file__).resolve().parents[1]
 
+NBS = ROOT/'nbs'
+
+
+def notebooks() -> list[Path]:
+    "The notebooks under nbs/, sorted (names starting with `_` and checkpoints left out, as nbdev does)."
+    return [p for p in sorted(NBS.rglob('*.ipynb')) if '.ipynb_checkpoints' not in p.parts and not p.name.startswith('_')]
+
+
 # Test modules that train, drive a browser, run DVC pipelines or many subprocesses: `make test` runs them,
 # `make test-fast` (pytest -m 'not slow') skips them. A single slow test elsewhere takes @pytest.mark.slow.
 SLOW_MODULES = {

@@ -14,11 +14,11 @@ load digits); at fork neither has started a thread or a pool.
 
 One server per pytest worker (tests/test_notebooks.py's `notebook_runner` fixture), one notebook at a time. It reads a
 JSON line per notebook on stdin, `{"nb": path, "flags": [...], "log": path}`, and answers one JSON line on stdout,
-`{"ok": bool, "seconds": wall, "cpu": CPU seconds with the processes the notebook started}`; the child's own output
+`{"ok": bool, "cpu": CPU seconds with the processes the notebook started}`; the child's own output
 (nbdev's error report) goes to `log`. The child runs torch on OMP_NUM_THREADS threads (one in a pytest-xdist worker,
 tests/conftest.py), else on every core, as do the processes a notebook starts. It exits at the end of stdin.
 """
-import json, multiprocessing, os, resource, sys, time
+import json, multiprocessing, os, resource, sys
 from pathlib import Path
 
 
@@ -57,12 +57,11 @@ def main():
     for line in sys.stdin:
         req = json.loads(line)
         recv, send = fork.Pipe(duplex=False)
-        t0 = time.time()
         proc = fork.Process(target=_run_one, args=(str(Path(req['nb']).resolve()), req['flags'], req['log'], threads, send))
         proc.start(); send.close(); proc.join()
         cpu = recv.recv() if recv.poll() else None
         recv.close()
-        sys.stdout.write(json.dumps({'ok': proc.exitcode == 0, 'seconds': time.time() - t0, 'cpu': cpu}) + '\n')
+        sys.stdout.write(json.dumps({'ok': proc.exitcode == 0, 'cpu': cpu}) + '\n')
         sys.stdout.flush()
 
 

@@ -5,15 +5,15 @@ Each notebook is one test and its own unit of work (tests/conftest.py gives ever
 notebooks and the test modules share the workers, longest first, so `make test` has one tail, not one per phase (issue
 18). Each notebook runs in a fresh process that tests/notebook_runner.py forks (torch and the plotting libraries
 already imported, nothing else). `make test-fast` deselects the notebooks marked slow here (they train) and runs the
-rest whole; a `#| slow` cell belongs in a slow notebook (checked below). The widget notebooks are run by tests/test_widgets_browser.py, with Run All in JupyterLab,
-whenever it runs them: that run holds every cell this one would, so they are not run twice.
+rest whole; a `#| slow` cell belongs in a slow notebook (checked below). The widget notebooks are run by
+tests/test_widgets_browser.py, with Run All in JupyterLab, whenever it runs them: that run holds every cell this one
+would, so they are not run twice.
 """
 import json, re, subprocess, sys
 from pathlib import Path
 import pytest
-from conftest import ROOT, BROWSER, WIDGET_NOTEBOOKS
+from conftest import ROOT, NBS, BROWSER, WIDGET_NOTEBOOKS, notebooks as notebook_paths
 
-NBS = ROOT/'nbs'
 # The notebooks whose lessons train a model (or run a pipeline, or a training widget): `make test` runs them, `make
 # test-fast` (-m 'not slow') skips them. The ones that train nothing but prove full-size models against torchvision and
 # onnxruntime (ResNet-50, ViT-B/16, EfficientNet, FCOS and FPN heads on them, ONNX export) stay in the quick tier: 3 to
@@ -23,8 +23,8 @@ SLOW = ['tutorials/', 'index.ipynb', '06_training.ipynb', '07_cli.ipynb', '08_in
 
 
 def notebooks() -> list[str]:
-    "The notebooks under nbs/ (relative paths; names starting with `_` and checkpoints left out)."
-    return sorted(str(p.relative_to(NBS)) for p in NBS.rglob('*.ipynb') if '.ipynb_checkpoints' not in p.parts and not p.name.startswith('_'))
+    "The notebooks under nbs/, as paths relative to it ('tutorials/04_detection.ipynb')."
+    return [str(p.relative_to(NBS)) for p in notebook_paths()]
 
 
 def is_slow(nb:str) -> bool: return any(nb == s or (s.endswith('/') and nb.startswith(s)) for s in SLOW)
