@@ -188,10 +188,11 @@ def fresh_clone(base:Path) -> Path:
     return repo
 
 
-SNAP = r'''__snap() {  # after README line $1: where HEAD is, the model's digest, the learning rate, what git sees
-  printf '{"line": %s, "t": %s, "head": "%s", "model": "%s", "lr": "%s", "dirty": %s}\n' "$1" "$(date +%s.%N)" "$(git rev-parse HEAD)" \
-    "$(sha256sum models/digits-cnn/model.safetensors 2>/dev/null | cut -c1-64)" \
-    "$(grep -E '^  lr:' params.yaml | awk '{print $2}')" "$(git status --porcelain | wc -l)" >> "$SNAPSHOTS"
+SNAP = r'''__snap() {  # after README line $1: where HEAD is, the model's digest, the learning rate, what git sees (how many, which)
+  printf '{"line": %s, "t": %s, "head": "%s", "model": "%s", "lr": "%s", "dirty": %s, "changed": "%s"}\n' "$1" "$(date +%s.%N)" \
+    "$(git rev-parse HEAD)" "$(sha256sum models/digits-cnn/model.safetensors 2>/dev/null | cut -c1-64)" \
+    "$(grep -E '^  lr:' params.yaml | awk '{print $2}')" "$(git status --porcelain | wc -l)" \
+    "$(git status --porcelain | cut -c4- | sort | paste -sd, -)" >> "$SNAPSHOTS"
 }
 '''
 

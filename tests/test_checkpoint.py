@@ -3,7 +3,7 @@
 The crash tests use real processes: a child saves checkpoints and is SIGKILLed, by the parent at random moments or by
 itself at chosen steps of the atomic swap. After every kill the checkpoint must load, verify, and hold weights that
 belong to the epoch its meta.json names."""
-import io, json, os, pickle, random, signal, subprocess, sys, threading, time, warnings
+import io, json, multiprocessing, os, pickle, random, signal, subprocess, sys, time, warnings
 from pathlib import Path
 import numpy as np
 import pytest, torch, torch.nn as nn, torch.nn.functional as F
@@ -25,24 +25,27 @@ def same_weights(a: dict, b: dict) -> bool:
 # -- a writer killed at random moments ------------------------------------------------------------------------------
 
 # 12 x Linear(1024, 1024) + SGD momentum: ~50 MB of weights and ~50 MB of optimizer state, so a save takes a few
-# tenths of a second here and random kills land in every phase (writing, fsync, renames, cleanup).
-BIG_MODEL = 'nn.Sequential(*[nn.Linear(1024, 1024) for _ in range(12)])'
+# tenths of a second here and random kills land in every phase (writing, fsync, renames, cleanup). The writers are
+# forked from this process (as tests/faults/test_checkpoint_kills.py's): a real process, SIGKILLed, without the ~4 s
+# of a new interpreter importing torch before every kill.
+fork = multiprocessing.get_context('fork')
 
-WRITER = f'''
-import sys, torch, torch.nn as nn
-from core_models.versioning.checkpoint import save_checkpoint
-target, i = sys.argv[1], int(sys.argv[2])
-model = {BIG_MODEL}
-opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-model(torch.randn(2, 1024)).sum().backward(); opt.step()
-print('ready', flush=True)
-while True:
-    with torch.no_grad():
-        for p in model.parameters(): p.fill_(i)  # every tensor of epoch i holds the value i
-    save_checkpoint(model, opt, i, {{'i': i}}, target)
-    print(i, flush=True)
-    i += 1
-'''
+
+def big_model() -> tuple[nn.Module, torch.optim.Optimizer]:
+    model = nn.Sequential(*[nn.Linear(1024, 1024) for _ in range(12)])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 1024)).sum().backward(); opt.step()  # the optimizer holds momentum buffers to save
+    return model, opt
+
+
+def writer(model, opt, target:str, i:int, saved):
+    "Child: save epochs i, i+1, ... (every tensor of epoch i holds the value i) until killed; `saved` is the last done."
+    while True:
+        with torch.no_grad():
+            for p in model.parameters(): p.fill_(i)
+        save_checkpoint(model, opt, i, {'i': i}, target)
+        saved.value = i
+        i += 1
 
 
 def check_consistent(target: Path, model: nn.Module, opt) -> int:
@@ -55,27 +58,23 @@ def check_consistent(target: Path, model: nn.Module, opt) -> int:
     return ck.epoch
 
 
-def test_atomic_save_under_killed_writer(tmp_path):
+def test_atomic_save_under_killed_writer(tmp_path, one_thread):
     target = tmp_path/'ckpt'/'v1.0.0'
-    model = eval(BIG_MODEL)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    model(torch.randn(2, 1024)).sum().backward(); opt.step()
+    model, opt = big_model()
     with torch.no_grad():
         for p in model.parameters(): p.fill_(0)
+    t0 = time.perf_counter()
     save_checkpoint(model, opt, 0, {'i': 0}, target)
+    save_s = time.perf_counter() - t0  # kills land anywhere in the child's first two or three saves, however busy the machine
     rng, last, kills, mid_save = random.Random(0), 0, 8, 0
     for k in range(kills):
-        child = subprocess.Popen([sys.executable, '-c', WRITER, str(target), str(last + 1)], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-        assert child.stdout.readline().strip() == 'ready', child.stderr.read()
-        lines = []
-        reader = threading.Thread(target=lambda: lines.extend(l.strip() for l in child.stdout), daemon=True)
-        reader.start()
-        time.sleep(rng.uniform(0.0, 1.5))
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait(); reader.join(5)
-        assert child.returncode == -signal.SIGKILL, child.stderr.read()
-        completed = int(lines[-1]) if lines else last  # the last save the child reported finished
+        saved = fork.Value('i', last)  # shared memory: what the child finished is readable after the kill
+        child = fork.Process(target=writer, args=(model, opt, str(target), last + 1, saved))
+        child.start()
+        time.sleep(rng.uniform(0.0, 2.5 * save_s))
+        os.kill(child.pid, signal.SIGKILL); child.join(30)
+        assert child.exitcode == -signal.SIGKILL, child.exitcode
+        completed = saved.value  # the last save the child reported finished
         mid_save += bool(hidden_siblings(target))
         epoch = check_consistent(target, model, opt)
         assert completed <= epoch <= completed + 1, (completed, epoch)  # a finished save is never lost
