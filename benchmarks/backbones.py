@@ -2,7 +2,7 @@
 
 Each model is built three times: torchvision's, ours loaded from torchvision's state_dict (through its family's
 key map, so the two compute the same function), and timm's same architecture (its own random init: timing does
-not depend on the values). Modes:
+not depend on the values; ours' dropout and stochastic depth rates, which timm's defaults leave at 0). Modes:
 
 - `fp32-fwd`: eval, no grad, fp32, NCHW; `fp32-fwdbwd`: train mode, forward + backward, fp32;
 - `fast-fwd`: the kit's fast inference path, applied alike to all three: `core_models.precision.fast_layout`
@@ -81,7 +81,11 @@ def build_models(name: str, size: int, peers) -> dict[str, nn.Module]:
     if 'timm' in peers:
         try:
             import timm
+            # timm's defaults leave out the dropout and stochastic depth that torchvision's (and ours) train with
+            # (efficientnet_b0: 0.2 and 0.2): the same architecture in train mode means the same regularisers.
+            c = models['ours'].config
             models['timm'] = timm.create_model(TIMM_NAMES.get(name, name), pretrained=False, num_classes=1000,
+                                               drop_rate=c.drop_rate, drop_path_rate=c.drop_path_rate,
                                                **({'img_size': size} if vit else {}))
         except Exception as e: print(f'  {name}: no timm peer ({type(e).__name__}: {e})')
     return models
