@@ -84,9 +84,9 @@ def build_models(name: str, size: int, peers) -> dict[str, nn.Module]:
             # timm's defaults leave out the dropout and stochastic depth that torchvision's (and ours) train with
             # (efficientnet_b0: 0.2 and 0.2): the same architecture in train mode means the same regularisers.
             c = models['ours'].config
+            drops = {k: getattr(c, k) for k in ('drop_rate', 'drop_path_rate') if getattr(c, k)}  # nonzero only
             models['timm'] = timm.create_model(TIMM_NAMES.get(name, name), pretrained=False, num_classes=1000,
-                                               drop_rate=c.drop_rate, drop_path_rate=c.drop_path_rate,
-                                               **({'img_size': size} if vit else {}))
+                                               **drops, **({'img_size': size} if vit else {}))
         except Exception as e: print(f'  {name}: no timm peer ({type(e).__name__}: {e})')
     return models
 
